@@ -1,0 +1,171 @@
+"""The whole preprocessing step in one process: parse, tokenize, load, process, align.
+
+``Preprocessor`` is the in-process pipeline behind ``ray-mm align``; the pool
+reuses its pieces (``prepare`` on the coordinator, ``process_item`` on media
+workers, ``align_request`` on the coordinator again), so both give the same
+records for the same input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .align import align
+from .config import RayMMConfig
+from .errors import InternalError, MMError, RequestError
+from .media import MediaLoader
+from .models import ModelAdapter, load_adapter
+from .request import parse_request, request_id_of
+from .types import MODALITIES, Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
+
+
+@dataclass
+class Prepared:
+    """A parsed request with its prompt ids, ready for item dispatch."""
+
+    request: ParsedRequest
+    input_ids: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Preprocessor:
+    """Parse, tokenize, fetch, decode, process and align requests for one model."""
+
+    def __init__(self, model_dir: str | Path, config: RayMMConfig | None = None, adapter: str | None = None) -> None:
+        self.config = config or RayMMConfig()
+        self.adapter: ModelAdapter = load_adapter(model_dir, adapter)
+        self.loader = MediaLoader(self.config)
+
+    # -- coordinator side -------------------------------------------------
+    def prepare(self, line: Any, fallback_id: str = "?") -> Prepared:
+        t0 = time.perf_counter()
+        req = parse_request(
+            line,
+            fallback_id=fallback_id,
+            render_chat=self.adapter.apply_chat_template,
+            vocab_size=self.adapter.vocab_size,
+        )
+        accepted = self.adapter.input_modalities
+        for modality in MODALITIES:
+            if req.media.get(modality) and modality not in accepted:
+                raise RequestError(
+                    f"request {req.request_id}: model adapter {self.adapter.name!r} does not accept {modality}"
+                )
+        ids = req.input_ids if req.input_ids is not None else self.adapter.tokenize(req.prompt or "")
+        return Prepared(req, ids, {"tokenize_s": time.perf_counter() - t0})
+
+    def align_request(self, prepared: Prepared, per_spec: list[list[ItemMeta]]) -> Alignment:
+        """Align item metadata (one list per spec, in ``request.items()`` order)."""
+        req = prepared.request
+        items = group_items(req.items(), per_spec)
+        return align(
+            prepared.input_ids,
+            self.adapter.placeholder_token_ids,
+            items,
+            request_id=req.request_id,
+            skip_tokenizer_init=req.skip_tokenizer_init,
+            dynamic_frame_expansion=self.adapter.dynamic_frame_expansion,
+        )
+
+    # -- media worker side --------------------------------------------------
+    def process_item(self, spec: MediaSpec) -> list[ProcessedItem]:
+        """Fetch, decode and run the processor on one media entry."""
+        try:
+            decoded = self.loader.load(spec)
+            t0 = time.perf_counter()
+            outputs = self.adapter.process(spec.modality, decoded.data, spec.options)
+            process_s = time.perf_counter() - t0
+        except MMError:
+            raise
+        except Exception as exc:  # a processor bug must fail this item only, with a typed error
+            raise InternalError(f"{spec.label}: processor failed ({type(exc).__name__})") from exc
+        results = []
+        for k, out in enumerate(outputs):
+            content_hash = decoded.content_hash if len(outputs) == 1 else _sub_hash(decoded.content_hash, k)
+            primary = out.features[out.primary]
+            meta = ItemMeta(
+                modality=out.modality,
+                index=spec.index,
+                num_tokens=int(out.num_tokens),
+                grid_thw=[int(x) for x in out.grid_thw] if out.grid_thw is not None else None,
+                hash=content_hash,
+                feature_shape=[int(x) for x in primary.shape],
+                feature_dtype=str(primary.dtype),
+                source_modality=spec.modality if out.modality != spec.modality else None,
+                source_index=spec.index if out.modality != spec.modality else None,
+                timings={**decoded.timings, "process_s": process_s / len(outputs)},
+            )
+            results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary))
+        return results
+
+    # -- whole request in process ------------------------------------------
+    def run(self, line: Any, fallback_id: str = "?") -> RequestOutcome:
+        t0 = time.perf_counter()
+        rid = request_id_of(line, fallback_id)
+        try:
+            prepared = self.prepare(line, fallback_id)
+            processed = [self.process_item(spec) for spec in prepared.request.items()]
+            t1 = time.perf_counter()
+            alignment = self.align_request(prepared, [[p.meta for p in group] for group in processed])
+            align_s = time.perf_counter() - t1
+        except MMError as exc:
+            return RequestOutcome.failure(rid, exc)
+        except Exception as exc:
+            return RequestOutcome.failure(rid, InternalError(f"request {rid}: internal error ({type(exc).__name__})"))
+        by_meta = {id(p.meta): p for group in processed for p in group}
+        features = [by_meta[id(item.meta)].feature for item in alignment.items]
+        timings = {**prepared.timings, "align_s": align_s, "total_s": time.perf_counter() - t0}
+        for stage in ("fetch_s", "decode_s", "process_s"):
+            timings[stage] = sum(p.meta.timings.get(stage, 0.0) for group in processed for p in group)
+        return RequestOutcome(rid, success_record(rid, alignment, timings), features)
+
+
+def group_items(specs: list[MediaSpec], per_spec: list[list[ItemMeta]]) -> dict[str, list[ItemMeta]]:
+    """Flatten per-spec outputs into per-modality lists, renumbering expanded items in order."""
+    if len(specs) != len(per_spec):
+        raise InternalError("item results do not match the request's media entries")
+    grouped: dict[str, list[ItemMeta]] = {}
+    for spec, metas in sorted(zip(specs, per_spec), key=lambda sm: (MODALITIES.index(sm[0].modality), sm[0].index)):
+        for meta in metas:
+            grouped.setdefault(meta.modality, []).append(meta)
+    # Expanded frames make the per-modality index differ from the spec index; keep both.
+    for metas in grouped.values():
+        for k, meta in enumerate(metas):
+            meta.index = k
+    return grouped
+
+
+def _sub_hash(content_hash: str, k: int) -> str:
+    return hashlib.sha256(f"{content_hash}:{k}".encode()).hexdigest()
+
+
+def success_record(rid: str, alignment: Alignment, timings: dict[str, float]) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "ok": True,
+        "path": alignment.path,
+        "input_ids": alignment.input_ids,
+        "items": [item.to_record() for item in alignment.items],
+        "timings": {k: round(v, 6) for k, v in timings.items()},
+    }
+
+
+@dataclass
+class RequestOutcome:
+    request_id: str
+    record: dict[str, Any]
+    features: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def failure(cls, rid: str, exc: MMError) -> RequestOutcome:
+        return cls(rid, {"request_id": rid, "ok": False, "error": exc.to_dict()})
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.record.get("ok"))
