@@ -87,37 +87,50 @@ def align(
 
     ``placeholder_ids`` maps each modality the model accepts to its media token id.
     """
-    ids = np.asarray(input_ids, dtype=_ID_DTYPE)
     token_to_modality = {tok: mod for mod, tok in placeholder_ids.items()}
     unknown = [m for m, lst in items.items() if lst and m not in placeholder_ids]
     if unknown:
         raise AlignmentError(f"request {request_id}: the model has no placeholder for {', '.join(unknown)}")
-    runs = _token_runs(ids, token_to_modality)
-
-    counts = {m: 0 for m in placeholder_ids}
-    single_tokens = True
-    for start, end, tok in runs:
-        counts[token_to_modality[tok]] += 1
-        single_tokens &= start == end
-    matches = all(counts[m] == len(items.get(m, ())) for m in placeholder_ids)
-    if matches and single_tokens and not skip_tokenizer_init and not dynamic_frame_expansion:
-        return _fast(ids, runs, token_to_modality, items)
-    return _legacy(ids, runs, token_to_modality, items, request_id)
+    if not skip_tokenizer_init and not dynamic_frame_expansion:
+        ids_list = input_ids.tolist() if isinstance(input_ids, np.ndarray) else list(input_ids)
+        fast = _try_fast(ids_list, token_to_modality, items)
+        if fast is not None:
+            return fast
+    ids = np.asarray(input_ids, dtype=_ID_DTYPE)
+    return _legacy(ids, _token_runs(ids, token_to_modality), token_to_modality, items, request_id)
 
 
-def _fast(
-    ids: np.ndarray,
-    runs: list[tuple[int, int, int]],
-    token_to_modality: Mapping[int, str],
-    items: Mapping[str, Sequence[ItemMeta]],
-) -> Alignment:
-    cursors = {m: 0 for m in items}
-    plan = []
-    for start, end, tok in runs:
+def _try_fast(
+    ids: list[int], token_to_modality: Mapping[int, str], items: Mapping[str, Sequence[ItemMeta]]
+) -> Alignment | None:
+    """The 1:1 path, or None when placeholder counts or shapes call for the legacy scan.
+
+    Prompts on this path are short (media not yet expanded), so a plain Python
+    pass over them beats converting to numpy; the output is built by list
+    extension while offsets are recorded, without rescanning.
+    """
+    positions = [k for k, tok in enumerate(ids) if tok in token_to_modality]
+    counts = dict.fromkeys(token_to_modality.values(), 0)
+    for k in positions:
+        counts[token_to_modality[ids[k]]] += 1
+    if any(counts[m] != len(items.get(m, ())) for m in counts):
+        return None
+    if any(b - a == 1 and ids[a] == ids[b] for a, b in zip(positions, positions[1:])):
+        return None  # adjacent placeholders may be an expanded run: let the legacy scan decide
+    cursors = dict.fromkeys(counts, 0)
+    out: list[int] = []
+    aligned: list[AlignedItem] = []
+    cursor = 0
+    for k in positions:
+        tok = ids[k]
         modality = token_to_modality[tok]
-        plan.append((start, end, tok, items[modality][cursors[modality]], False))
+        item = items[modality][cursors[modality]]
         cursors[modality] += 1
-    out, aligned = _expand(ids, plan)
+        out.extend(ids[cursor:k])
+        aligned.append(AlignedItem(meta=item, offsets=[(len(out), len(out) + item.num_tokens - 1)]))
+        out.extend([tok] * item.num_tokens)
+        cursor = k + 1
+    out.extend(ids[cursor:])
     return Alignment(input_ids=out, items=aligned, path="fast")
 
 

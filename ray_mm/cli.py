@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import sys
-from pathlib import Path
 
 
 def _cmd_make_model(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ def group_items(specs: list[MediaSpec], per_spec: list[list[ItemMeta]]) -> dict[
     if len(specs) != len(per_spec):
         raise InternalError("item results do not match the request's media entries")
     grouped: dict[str, list[ItemMeta]] = {}
-    for spec, metas in sorted(zip(specs, per_spec), key=lambda sm: (MODALITIES.index(sm[0].modality), sm[0].index)):
+    for _spec, metas in sorted(zip(specs, per_spec), key=lambda sm: (MODALITIES.index(sm[0].modality), sm[0].index)):
         for meta in metas:
             grouped.setdefault(meta.modality, []).append(meta)
     # Expanded frames make the per-modality index differ from the spec index; keep both.
