@@ -1,0 +1,278 @@
+"""Coordinator actor: admission, tokenization, dispatch, alignment, ready queue, leases.
+
+It awaits only item *metadata*; feature objects stay in the object store and
+travel as ObjectRefs to the GPU workers. Policy lives in pure classes
+(``ray_mm.scheduling``); this actor holds the asyncio plumbing and Ray calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from actors import metrics
+from ray_mm.config import RayMMConfig
+from ray_mm.errors import InternalError, MMError, PoolSaturatedError, RequestError, RequestTimeoutError
+from ray_mm.pipeline import Prepared, Preprocessor, RequestOutcome, success_record
+from ray_mm.pool_config import PoolConfig
+from ray_mm.request import request_id_of
+from ray_mm.scheduling import LeaseTable, WorkerSelector, content_key
+
+
+@dataclass
+class ReadyRequest:
+    """An aligned request waiting for (or leased to) a GPU worker."""
+
+    request_id: str
+    record: dict[str, Any]
+    feature_refs: list[tuple[Any, int]]  # per item in prompt order: (ref to the spec's feature list, position)
+    placeholder_tokens: int
+    pulls: int = 0
+
+
+@dataclass
+class _Entry:
+    request_id: str
+    submitted: float
+    task: asyncio.Task[None] | None = None
+    refs: list[Any] = field(default_factory=list)
+    stage: str = "dispatch"
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
+class Coordinator:
+    def __init__(
+        self,
+        model_dir: str,
+        core_config: dict[str, Any],
+        pool_config: dict[str, Any],
+        adapter: str | None,
+        workers: list[Any],
+    ) -> None:
+        self.cfg = PoolConfig.model_validate(pool_config)
+        self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
+        self.workers = workers
+        self.selector = WorkerSelector(len(workers), self.cfg.max_inflight_per_worker)
+        self.slot_freed = asyncio.Condition()
+        self.ready: collections.deque[ReadyRequest] = collections.deque()
+        self.ready_changed = asyncio.Condition()
+        self.leases: LeaseTable[ReadyRequest] = LeaseTable(self.cfg.lease_s)
+        self.inflight: dict[str, _Entry] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+        self.results_changed = asyncio.Condition()
+        self.incarnation = time.time_ns()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.stage_times: dict[str, list[float]] = collections.defaultdict(list)
+        self.items_per_node: collections.Counter[str] = collections.Counter()
+        self.max_ready_seen = 0
+        self.cpu_s = 0.0
+        self.lease_task: asyncio.Task[None] | None = None
+
+    # -- admission ----------------------------------------------------------
+    async def submit(self, line: Any, fallback_id: str = "?") -> str:
+        t_cpu = time.thread_time()
+        self._ensure_lease_reaper()
+        rid = request_id_of(line, fallback_id)
+        if rid in self.inflight or rid in self.results:
+            raise RequestError(f"request {rid}: a request with this id is already in the pool")
+        if len(self.inflight) >= self.cfg.max_inflight_requests:
+            self.counters["saturated"] += 1
+            raise PoolSaturatedError(f"pool saturated: {len(self.inflight)} requests in flight (limit {self.cfg.max_inflight_requests})")
+        entry = _Entry(rid, time.monotonic())
+        self.inflight[rid] = entry
+        try:
+            prepared = self.pre.prepare(line, fallback_id) if not isinstance(line, MMError) else None
+            if prepared is None:
+                raise line
+        except MMError as exc:
+            await self._finish(rid, RequestOutcome.failure(rid, exc).record)
+            self.cpu_s += time.thread_time() - t_cpu
+            return rid
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry, prepared))
+        self.counters["submitted"] += 1
+        self.cpu_s += time.thread_time() - t_cpu
+        return rid
+
+    async def _run(self, entry: _Entry, prepared: Prepared) -> None:
+        rid = entry.request_id
+        try:
+            await asyncio.wait_for(self._dispatch_and_align(entry, prepared), timeout=self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            await self._finish(rid, RequestOutcome.failure(rid, RequestTimeoutError(
+                f"request {rid}: not ready within {self.cfg.request_timeout_s:g} s (stage: {entry.stage})")).record)
+        except asyncio.CancelledError:
+            raise
+        except MMError as exc:
+            await self._finish(rid, RequestOutcome.failure(rid, exc).record)
+        except Exception as exc:
+            await self._finish(rid, RequestOutcome.failure(rid, InternalError(
+                f"request {rid}: coordinator fault ({type(exc).__name__})")).record)
+
+    async def _dispatch_and_align(self, entry: _Entry, prepared: Prepared) -> None:
+        specs = prepared.request.items()
+        calls = []
+        for spec in specs:
+            worker = await self._acquire_worker(content_key(spec.source))
+            meta_ref, feat_ref = self.workers[worker].process.options(num_returns=2).remote(spec)
+            entry.refs.append(feat_ref)
+            calls.append(asyncio.ensure_future(self._await_meta(worker, meta_ref)))
+        entry.stage = "media"
+        metas = await asyncio.gather(*calls)
+        t_cpu = time.thread_time()
+        errors = [m["error"] for m in metas if "error" in m]
+        if errors:
+            raise errors[0]
+        per_spec = [m["items"] for m in metas]
+        entry.stage = "align"
+        t0 = time.perf_counter()
+        alignment = self.pre.align_request(prepared, per_spec)
+        align_s = time.perf_counter() - t0
+        location = {id(meta): (entry.refs[s], k) for s, metas_ in enumerate(per_spec) for k, meta in enumerate(metas_)}
+        refs = [location[id(item.meta)] for item in alignment.items]
+        timings = dict(prepared.timings, align_s=align_s)
+        for stage in ("fetch_s", "decode_s", "process_s"):
+            timings[stage] = sum(m.timings.get(stage, 0.0) for ms in per_spec for m in ms)
+        for ms in per_spec:
+            for m in ms:
+                self.items_per_node[m.node_id or "?"] += 1
+        record = success_record(entry.request_id, alignment, timings)
+        # Counted from the ids, not from the items, so the GPU-side check is independent of alignment.
+        media_tokens = set(self.pre.adapter.placeholder_token_ids.values())
+        placeholders = sum(1 for tok in alignment.input_ids if tok in media_tokens)
+        self.cpu_s += time.thread_time() - t_cpu
+        entry.stage = "ready_queue"
+        await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
+
+    async def _await_meta(self, worker: int, meta_ref: Any) -> dict[str, Any]:
+        try:
+            return await meta_ref
+        finally:
+            self.selector.finished(worker)
+            async with self.slot_freed:
+                self.slot_freed.notify_all()
+
+    async def _acquire_worker(self, key: str | None) -> int:
+        async with self.slot_freed:
+            while (worker := self.selector.pick(key)) is None:
+                await self.slot_freed.wait()
+            self.selector.started(worker)
+            return worker
+
+    async def _enqueue(self, ready: ReadyRequest, front: bool = False) -> None:
+        async with self.ready_changed:
+            if not front:
+                while len(self.ready) >= self.cfg.ready_queue_size:
+                    await self.ready_changed.wait()
+            (self.ready.appendleft if front else self.ready.append)(ready)
+            self.max_ready_seen = max(self.max_ready_seen, len(self.ready))
+            metrics.queue_depth("ready", len(self.ready))
+            self.ready_changed.notify_all()
+
+    async def _finish(self, rid: str, record: dict[str, Any]) -> None:
+        entry = self.inflight.pop(rid, None)
+        if entry is not None:
+            record.setdefault("timings", {})
+            if record.get("ok"):
+                record["timings"]["pool_total_s"] = round(time.monotonic() - entry.submitted, 6)
+        if record.get("ok"):
+            self.counters["ok"] += 1
+        else:
+            self.counters[f"error:{record['error']['type']}"] += 1
+            metrics.error(record["error"]["type"])
+        self.results[rid] = record
+        async with self.results_changed:
+            self.results_changed.notify_all()
+
+    # -- GPU worker side ---------------------------------------------------
+    async def pull(self, holder: str, max_n: int, wait_s: float = 1.0) -> list[ReadyRequest]:
+        """Up to ``max_n`` ready requests, leased to ``holder``; waits up to ``wait_s`` for the first."""
+        self._ensure_lease_reaper()
+        async with self.ready_changed:
+            if not self.ready:
+                try:
+                    await asyncio.wait_for(self.ready_changed.wait(), timeout=wait_s)
+                except asyncio.TimeoutError:
+                    return []
+            batch = []
+            now = time.monotonic()
+            while self.ready and len(batch) < max_n:
+                req = self.ready.popleft()
+                req.pulls += 1
+                self.leases.grant(req.request_id, holder, req, now)
+                batch.append(req)
+            metrics.queue_depth("ready", len(self.ready))
+            self.ready_changed.notify_all()
+            return batch
+
+    async def ack(self, holder: str, request_id: str, consumer: dict[str, Any]) -> bool:
+        lease = self.leases.ack(request_id, holder)
+        if lease is None:
+            return False  # lease expired and the request went elsewhere
+        record = dict(lease.payload.record)
+        record["consumer"] = consumer
+        if consumer.get("error"):
+            record = {"request_id": request_id, "ok": False, "error": consumer["error"]}
+        await self._finish(request_id, record)
+        return True
+
+    def _ensure_lease_reaper(self) -> None:
+        if self.lease_task is None or self.lease_task.done():
+            self.lease_task = asyncio.get_running_loop().create_task(self._reap_leases())
+
+    async def _reap_leases(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.cfg.lease_s / 4))
+            for rid, req in self.leases.expired(time.monotonic()):
+                if rid in self.inflight:
+                    self.counters["lease_expired"] += 1
+                    await self._enqueue(req, front=True)
+
+    # -- driver side ---------------------------------------------------------
+    async def take_results(self, max_n: int = 256, wait_s: float = 0.5) -> list[dict[str, Any]]:
+        if not self.results:
+            async with self.results_changed:
+                try:
+                    await asyncio.wait_for(self.results_changed.wait(), timeout=wait_s)
+                except asyncio.TimeoutError:
+                    return []
+        out = []
+        for rid in list(self.results)[:max_n]:
+            out.append(self.results.pop(rid))
+        return out
+
+    async def cancel(self, request_id: str) -> bool:
+        entry = self.inflight.get(request_id)
+        if entry is None:
+            return False
+        if entry.task is not None:
+            entry.task.cancel()
+        for ref in entry.refs:
+            ray.cancel(ref, force=False)
+        self.leases.drop(request_id)
+        self.ready = collections.deque(r for r in self.ready if r.request_id != request_id)
+        await self._finish(request_id, {"request_id": request_id, "ok": False,
+                                        "error": {"type": "Cancelled", "message": f"request {request_id}: cancelled", "status": 499}})
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "incarnation": self.incarnation,
+            "inflight": len(self.inflight),
+            "ready": len(self.ready),
+            "max_ready_seen": self.max_ready_seen,
+            "leased": len(self.leases),
+            "results_waiting": len(self.results),
+            "counters": dict(self.counters),
+            "items_per_node": dict(self.items_per_node),
+            "worker_load": list(self.selector.load),
+            "worker_assigned": list(self.selector.assigned),
+            "coordinator_cpu_s": self.cpu_s,
+        }
+
+    def incarnation_id(self) -> int:
+        return self.incarnation

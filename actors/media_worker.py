@@ -1,0 +1,62 @@
+"""Media worker actor: fetch, decode and process one media entry per call.
+
+Thin: all work is ``Preprocessor.process_item``. A call returns two objects,
+(metadata, features), both owned by the caller, so the coordinator can await
+the small one and pass the large one on without touching it. Bad media is
+returned as an error in the metadata, not raised, so Ray does not retry it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ray
+
+from ray_mm.config import RayMMConfig
+from ray_mm.errors import InternalError, MMError
+from ray_mm.types import MediaSpec
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class MediaWorker:
+    def __init__(self, model_dir: str, core_config: dict[str, Any], adapter: str | None = None) -> None:
+        # One decode/processing thread per worker: scale with workers, not threads (DESIGN.md, "Threads").
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+        from ray_mm.pipeline import Preprocessor
+
+        self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.processed = 0
+
+    def ready(self) -> str:
+        return self.node_id
+
+    def process(self, spec: MediaSpec) -> tuple[dict[str, Any], list[Any] | None]:
+        """Returns ``({"items": [ItemMeta...]} | {"error": ...}, [feature dict per item] | None)``."""
+        t0 = time.perf_counter()
+        try:
+            items = self.pre.process_item(spec)
+        except MMError as exc:
+            return {"error": exc, "node_id": self.node_id}, None
+        except Exception as exc:  # never let one item kill the worker
+            return {"error": InternalError(f"{spec.label}: worker fault ({type(exc).__name__})"), "node_id": self.node_id}, None
+        self.processed += 1
+        for item in items:
+            item.meta.node_id = self.node_id
+            item.meta.timings["worker_s"] = time.perf_counter() - t0
+        return {"items": [item.meta for item in items]}, [item.features for item in items]
+
+    def stats(self) -> dict[str, Any]:
+        import resource
+
+        return {
+            "node_id": self.node_id,
+            "processed": self.processed,
+            "pid": os.getpid(),
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }

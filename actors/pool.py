@@ -1,0 +1,176 @@
+"""Driver-side pool handle: start (or attach to) the actors, submit, iterate results.
+
+The handle keeps every submitted line until its result has been emitted, so
+after a coordinator restart it resubmits what was not finished; results are
+emitted once per ``request_id``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from ray_mm.config import RayMMConfig
+from ray_mm.errors import MMError, PoolSaturatedError
+from ray_mm.pool_config import PoolConfig
+from ray_mm.request import request_id_of
+
+from .coordinator import Coordinator
+from .gpu_worker import GpuWorker
+from .media_worker import MediaWorker
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(exc, RayTaskError) and isinstance(cause, BaseException) else exc
+
+
+class Pool:
+    """ray-mm's preprocessing pool on a running Ray cluster (``ray.init`` already called)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        config: RayMMConfig | None = None,
+        pool_config: PoolConfig | None = None,
+        adapter: str | None = None,
+    ) -> None:
+        self.model_dir = str(model_dir)
+        self.config = config or RayMMConfig()
+        self.cfg = pool_config or PoolConfig()
+        self.adapter = adapter
+        self.pending: dict[str, Any] = {}
+        self.emitted: set[str] = set()
+        self.resubmitted = 0
+        self._start()
+
+    # -- lifecycle ---------------------------------------------------------
+    def _start(self) -> None:
+        cfg, core = self.cfg, self.config.model_dump(mode="json")
+        self.media_workers = [
+            MediaWorker.options(
+                num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=None
+            ).remote(self.model_dir, core, self.adapter)
+            for _ in range(cfg.cpu_workers)
+        ]
+        self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})
+        self.coordinator = Coordinator.remote(
+            self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, self.media_workers
+        )
+        ray.get(self.coordinator.incarnation_id.remote())
+        self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
+        use_gpus = cfg.use_gpus if cfg.use_gpus is not None else ray.cluster_resources().get("GPU", 0) >= cfg.gpu_workers > 0
+        self.gpu_workers = [
+            GpuWorker.options(
+                num_cpus=0, num_gpus=1 if use_gpus else 0, resources={cfg.gpu_node_resource: 1}
+            ).remote(self.coordinator, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
+            for k in range(cfg.gpu_workers)
+        ]
+        self._wait_for("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers})
+        self.gpu_runs = [w.run.remote() for w in self.gpu_workers]
+
+    def _wait_for(self, what: str, actors: list[Any], needs: dict[str, float]) -> None:
+        """Bounded wait for the minimum pool; on timeout say which resource is missing."""
+        refs = [a.ready.remote() for a in actors]
+        try:
+            ray.get(refs, timeout=self.cfg.min_pool_wait_s)
+        except GetTimeoutError:
+            have = ray.cluster_resources()
+            missing = {k: f"need {v:g}, cluster has {have.get(k, 0):g}" for k, v in needs.items() if have.get(k, 0) < v}
+            detail = "; ".join(f"{k}: {v}" for k, v in missing.items()) or "resources exist but are busy"
+            raise TimeoutError(
+                f"{what} not placed within {self.cfg.min_pool_wait_s:g} s ({detail}). "
+                "Add nodes carrying these resources (see cluster_configs/) or lower the worker count."
+            ) from None
+
+    def shutdown(self) -> None:
+        for w in getattr(self, "gpu_workers", []):
+            try:
+                ray.get(w.stop.remote(), timeout=10)
+            except Exception:
+                pass
+        for actor in [*getattr(self, "gpu_workers", []), getattr(self, "coordinator", None), *self.media_workers]:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- requests ------------------------------------------------------------
+    def submit(self, line: Any, fallback_id: str = "?") -> str:
+        """Admit one request; raises ``PoolSaturatedError`` past the admission limit."""
+        rid = request_id_of(line, fallback_id)
+        try:
+            rid = ray.get(self.coordinator.submit.remote(line, fallback_id))
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None
+        self.pending[rid] = (line, fallback_id)
+        return rid
+
+    def cancel(self, request_id: str) -> bool:
+        return bool(ray.get(self.coordinator.cancel.remote(request_id)))
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = ray.get(self.coordinator.stats.remote())
+        out["gpu_workers"] = ray.get([w.stats.remote() for w in self.gpu_workers])
+        out["media_workers"] = ray.get([w.stats.remote() for w in self.media_workers])
+        out["resubmitted"] = self.resubmitted
+        return out
+
+    def results(self, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield one record per submitted request, as they finish, until none is pending."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.pending)} requests still pending after {timeout_s} s")
+            yield from self._poll()
+
+    def _poll(self, wait_s: float = 0.5) -> list[dict[str, Any]]:
+        try:
+            records = ray.get(self.coordinator.take_results.remote(256, wait_s))
+        except (RayActorError, RayTaskError):
+            records = []
+        self._resubmit_if_restarted()
+        out = []
+        for rec in records:
+            rid = rec["request_id"]
+            if rid in self.emitted:
+                continue
+            self.emitted.add(rid)
+            self.pending.pop(rid, None)
+            out.append(rec)
+        return out
+
+    def _resubmit_if_restarted(self) -> None:
+        try:
+            incarnation = ray.get(self.coordinator.incarnation_id.remote())
+        except RayActorError:
+            return
+        if incarnation == self.incarnation:
+            return
+        self.incarnation = incarnation
+        for rid, (line, fallback) in list(self.pending.items()):
+            try:
+                ray.get(self.coordinator.submit.remote(line, fallback))
+                self.resubmitted += 1
+            except RayTaskError as exc:
+                if not isinstance(_unwrap(exc), MMError):
+                    raise
+
+    def run(self, lines: Iterable[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Submit all lines with backpressure (wait when saturated) and yield every result."""
+        for fallback, line in lines:
+            while True:
+                try:
+                    self.submit(line, fallback)
+                    break
+                except PoolSaturatedError:
+                    yield from self._poll(wait_s=0.2)
+        yield from self.results()

@@ -1,0 +1,62 @@
+"""Pool configuration: sizes, placement, limits and leases (pydantic, loaded from YAML).
+
+The resource names here are the contract with ``cluster_configs/``: CPU nodes
+carry ``cpu_node_resource`` slots, GPU-worker nodes carry ``gpu_node_resource``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import RayMMConfig
+
+DEFAULT_CPU_RESOURCE = "mm_cpu"
+DEFAULT_GPU_RESOURCE = "mm_gpu"
+
+
+class PoolConfig(BaseModel):
+    """How the pool is laid out on the cluster and how much work it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_workers: int = Field(default=2, ge=1, description="Media worker actors (one decode thread each).")
+    gpu_workers: int = Field(default=1, ge=0, description="GPU worker actors pulling finished requests.")
+    cpu_node_resource: str = Field(
+        default=DEFAULT_CPU_RESOURCE, description="Custom resource that marks CPU nodes; each media worker takes one unit."
+    )
+    gpu_node_resource: str = Field(
+        default=DEFAULT_GPU_RESOURCE,
+        description="Custom resource that marks GPU-worker nodes; each GPU worker takes one unit. "
+        "On real GPU nodes workers also ask for num_gpus.",
+    )
+    use_gpus: bool | None = Field(
+        default=None, description="Ask Ray for num_gpus=1 per GPU worker. None: only if the cluster has GPUs."
+    )
+    worker_num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per media worker.")
+    max_inflight_requests: int = Field(
+        default=64, ge=1, description="Admission limit: requests held by the coordinator; past it submit raises."
+    )
+    max_inflight_per_worker: int = Field(default=4, ge=1, description="Items queued on one media worker at once.")
+    ready_queue_size: int = Field(default=16, ge=1, description="Aligned requests waiting for a GPU worker.")
+    pull_batch_size: int = Field(default=4, ge=1, description="Requests a GPU worker pulls at once.")
+    lease_s: float = Field(default=30.0, gt=0, description="A pulled request not acknowledged within this goes back to the queue.")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="End-to-end deadline of one request in the pool.")
+    consumer: str = Field(
+        default="vision_tower",
+        description="GPU-side consumer: 'vision_tower' (the model's encoder from config.json), 'noop', "
+        "or 'module:function' for an engine's own step.",
+    )
+    consumer_delay_s: float = Field(default=0.0, ge=0, description="Extra sleep per consumed request (tests of backpressure).")
+    min_pool_wait_s: float = Field(default=60.0, gt=0, description="How long to wait for the minimum pool to be placed.")
+
+
+def load_pool_config(path: str | Path | None) -> tuple[RayMMConfig, PoolConfig]:
+    """Read one YAML file holding the core sections and a ``pool:`` section."""
+    if path is None:
+        return RayMMConfig(), PoolConfig()
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    core = RayMMConfig.model_validate(data)
+    return core, PoolConfig.model_validate(core.pool)
