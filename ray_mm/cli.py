@@ -61,10 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--strict", action="store_true", help="exit 1 if any request failed")
     al.set_defaults(func=_cmd_align)
 
-    with contextlib.suppress(ImportError):
-        from .runner import add_run_parser
+    from .runner import add_run_parser
 
-        add_run_parser(sub)
+    add_run_parser(sub)
     with contextlib.suppress(ImportError):
         from .bench import add_bench_parser
 

@@ -19,7 +19,7 @@ import numpy as np
 from .align import align
 from .config import RayMMConfig
 from .errors import InternalError, MMError, RequestError
-from .media import MediaLoader
+from .media import DecodedVideo, MediaLoader
 from .models import ModelAdapter, load_adapter
 from .request import parse_request, request_id_of
 from .types import MODALITIES, Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
@@ -76,10 +76,16 @@ class Preprocessor:
     # -- media worker side --------------------------------------------------
     def process_item(self, spec: MediaSpec) -> list[ProcessedItem]:
         """Fetch, decode and run the processor on one media entry."""
+        load_spec, options = spec, spec.options
+        if spec.modality == "image" and options.get("kind") == "video" and self.adapter.expand_video_as_frames:
+            # MiniCPM-V style: a video among the images, decoded into frames that each take an image placeholder.
+            options = {k: v for k, v in options.items() if k != "kind"}
+            load_spec = MediaSpec("video", spec.index, spec.source, options, spec.request_id)
         try:
-            decoded = self.loader.load(spec)
+            decoded = self.loader.load(load_spec)
+            data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
             t0 = time.perf_counter()
-            outputs = self.adapter.process(spec.modality, decoded.data, spec.options)
+            outputs = self.adapter.process(load_spec.modality, data, _processor_options(options))
             process_s = time.perf_counter() - t0
         except MMError:
             raise
@@ -124,6 +130,14 @@ class Preprocessor:
         for stage in ("fetch_s", "decode_s", "process_s"):
             timings[stage] = sum(p.meta.timings.get(stage, 0.0) for group in processed for p in group)
         return RequestOutcome(rid, success_record(rid, alignment, timings), features)
+
+
+_LOADER_OPTIONS = frozenset({"fps", "nframes", "min_frames", "max_frames", "kind", "type"})
+
+
+def _processor_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Per-item options meant for the processor (sampling options are the loader's)."""
+    return {k: v for k, v in options.items() if k not in _LOADER_OPTIONS}
 
 
 def group_items(specs: list[MediaSpec], per_spec: list[list[ItemMeta]]) -> dict[str, list[ItemMeta]]:

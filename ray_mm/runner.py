@@ -1,0 +1,158 @@
+"""``ray-mm run``: the pool on a cluster (embedded local one by default), with progress and a summary.
+
+This and the pool handle are the only parts of ``ray_mm`` that reach into
+``actors`` (and so into Ray); the imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import RayMMConfig
+from .io import read_requests, write_record
+from .pool_config import PoolConfig, load_pool_config
+
+
+def add_run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="run requests through the distributed pool")
+    run.add_argument("--address", help="Ray address ('auto' inside a job); default: start a local cluster")
+    run.add_argument("--model", help="local model directory (default: build the tiny models)")
+    run.add_argument("--requests", help="request JSONL (default: generated demo workload)")
+    run.add_argument("--out", help="result JSONL (default: out/results.jsonl)", default="out/results.jsonl")
+    run.add_argument("--cpu-workers", type=int, help="media workers (default from config: 2)")
+    run.add_argument("--gpu-workers", type=int, help="GPU workers (default from config: 1)")
+    run.add_argument("--config", help="YAML config with core sections and a 'pool:' section")
+    run.add_argument("--adapter", help="model adapter name (default: from the model directory)")
+    run.add_argument("--demo-requests", type=int, default=48, help="size of the generated demo workload")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    core, pool_cfg = load_pool_config(args.config)
+    overrides = {k: v for k, v in (("cpu_workers", args.cpu_workers), ("gpu_workers", args.gpu_workers)) if v is not None}
+    pool_cfg = pool_cfg.model_copy(update=overrides)
+    cluster = _connect(args.address, pool_cfg)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ray-mm-run-") as tmp, contextlib.ExitStack() as stack:
+            workloads = _workloads(args, core, Path(tmp), stack)
+            records = _run_workloads(workloads, pool_cfg, args)
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+    return 0 if records else 1
+
+
+def _connect(address: str | None, pool_cfg: PoolConfig) -> Any:
+    if address:
+        import ray
+
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        return None
+    from actors.local_cluster import start_local_cluster
+
+    return start_local_cluster(
+        cpu_nodes=max(2, pool_cfg.cpu_workers), cpus_per_node=1, gpu_nodes=1 if pool_cfg.gpu_workers else 0,
+        cpu_resource=pool_cfg.cpu_node_resource, gpu_resource=pool_cfg.gpu_node_resource,
+    )
+
+
+def _workloads(args: argparse.Namespace, core: RayMMConfig, tmp: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
+    from .models import load_adapter, make_model
+
+    if args.requests:
+        model = args.model or str(make_model(tmp / "qwen2_vl", "qwen2_vl"))
+        return [{"name": "requests", "model": model, "adapter": args.adapter, "core": core,
+                 "lines": list(read_requests(args.requests))}]
+    from .demo import audio_requests, serve_directory, vision_requests, write_media
+
+    media = tmp / "media"
+    names = write_media(media)
+    base = stack.enter_context(serve_directory(media))
+    # The demo serves its media on 127.0.0.1, which the SSRF guard refuses by default: allow it here, explicitly.
+    demo_core = core.model_copy(update={"media": core.media.model_copy(update={"allow_private_addresses": True})})
+    n_audio = max(4, args.demo_requests // 6)
+    n_vision = max(1, args.demo_requests - n_audio - 2)
+    vl_model = args.model or str(make_model(tmp / "qwen2_vl", "qwen2_vl"))
+    vl = load_adapter(vl_model, args.adapter)
+    skip_ids = vl.tokenize(f"Look: {vl.placeholder_texts['image']} now.")
+    lines = vision_requests(media, base, names, n_vision, skip_ids=skip_ids)
+    out = [{"name": "vision", "model": vl_model, "adapter": args.adapter, "core": demo_core,
+            "lines": [(r["request_id"], r) for r in lines]}]
+    if args.model is None:
+        au_model = str(make_model(tmp / "qwen2_audio", "qwen2_audio"))
+        out.append({"name": "audio", "model": au_model, "adapter": None, "core": demo_core,
+                    "lines": [(r["request_id"], r) for r in audio_requests(base, names, n_audio)]})
+    return out
+
+
+def _run_workloads(workloads: list[dict[str, Any]], pool_cfg: PoolConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    from actors.pool import Pool
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    stats: list[dict[str, Any]] = []
+    total = sum(len(w["lines"]) for w in workloads)
+    t0 = time.perf_counter()
+    with open(args.out, "w", encoding="utf-8") as out, tqdm(
+        total=total, desc="requests", unit="req", disable=args.no_progress, file=sys.stderr
+    ) as bar:
+        for w in workloads:
+            bar.set_postfix_str(w["name"])
+            with Pool(w["model"], w["core"], pool_cfg, w["adapter"]) as pool:
+                for rec in pool.run(w["lines"]):
+                    write_record(out, rec)
+                    records.append(rec)
+                    bar.update(1)
+                stats.append(pool.stats())
+    wall = time.perf_counter() - t0
+    print(format_summary(records, stats, wall), file=sys.stderr)
+    print(f"results: {args.out}", file=sys.stderr)
+    return records
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def format_summary(records: list[dict[str, Any]], stats: list[dict[str, Any]], wall_s: float) -> str:
+    ok = [r for r in records if r.get("ok")]
+    lines = ["", "== ray-mm run summary"]
+    items = sum(len(r["items"]) for r in ok)
+    lines.append(f"requests: {len(records)} ({len(ok)} ok, {len(records) - len(ok)} failed) in {wall_s:.1f} s: "
+                 f"{len(records) / wall_s:.2f} req/s, {items / wall_s:.2f} items/s")
+    paths = collections.Counter(r["path"] for r in ok)
+    lines.append(f"alignment paths: fast {paths.get('fast', 0)}, legacy {paths.get('legacy', 0)}")
+    lines.append(f"{'stage':<16}{'p50 ms':>10}{'p99 ms':>10}")
+    for stage in ("tokenize_s", "fetch_s", "decode_s", "process_s", "align_s", "pool_total_s"):
+        vals = [r["timings"][stage] * 1e3 for r in ok if stage in r.get("timings", {})]
+        if vals:
+            lines.append(f"{stage[:-2]:<16}{_pct(vals, 0.5):>10.1f}{_pct(vals, 0.99):>10.1f}")
+    consume = [r["consumer"]["consume_s"] * 1e3 for r in ok if "consumer" in r]
+    if consume:
+        lines.append(f"{'gpu_consume':<16}{_pct(consume, 0.5):>10.1f}{_pct(consume, 0.99):>10.1f}")
+    errors = collections.Counter(r["error"]["type"] for r in records if not r.get("ok"))
+    lines.append("errors by type: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
+    for r in records:
+        if not r.get("ok"):
+            lines.append(f"  {r['request_id']}: {r['error']['type']} ({r['error']['status']}): {r['error']['message'][:100]}")
+    per_node: collections.Counter[str] = collections.Counter()
+    for s in stats:
+        per_node.update(s.get("items_per_node", {}))
+    lines.append("items per node: " + ", ".join(f"{node[:12]} {n}" for node, n in sorted(per_node.items())))
+    coord_cpu = sum(s.get("coordinator_cpu_s", 0.0) for s in stats)
+    if records:
+        lines.append(f"coordinator CPU: {coord_cpu / len(records) * 1e3:.2f} ms per request")
+    return "\n".join(lines)
