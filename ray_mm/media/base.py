@@ -29,9 +29,7 @@ class MediaIO(ABC, Generic[T]):
     def load_bytes(self, data: bytes, *, label: str = DEFAULT_LABEL, options: dict[str, Any] | None = None) -> T:
         """Decode encoded media bytes (a JPEG, an mp4, a wav, ...)."""
 
-    def load_base64(
-        self, media_type: str, data: str, *, label: str = DEFAULT_LABEL, options: dict[str, Any] | None = None
-    ) -> T:
+    def load_base64(self, media_type: str, data: str, *, label: str = DEFAULT_LABEL, options: dict[str, Any] | None = None) -> T:
         """Decode base64 text; ``media_type`` is informational, the content is sniffed."""
         del media_type  # the decoders sniff the container; a declared type is never trusted
         try:
