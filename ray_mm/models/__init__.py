@@ -1,0 +1,43 @@
+"""Model adapters over local Hugging Face processors, their registry, and the tiny offline model builder.
+
+Importing this package registers the built-in adapters: ``qwen2_vl``,
+``qwen2_audio`` and ``qwen2_vl_frames`` (dynamic frame expansion).
+"""
+
+from ray_mm.models import frames as _frames  # noqa: F401  (registers qwen2_vl_frames)
+from ray_mm.models import qwen2_audio as _qwen2_audio  # noqa: F401  (registers qwen2_audio)
+from ray_mm.models import qwen2_vl as _qwen2_vl  # noqa: F401  (registers qwen2_vl)
+from ray_mm.models.base import ModelAdapter, normalize_content_part, normalize_messages
+from ray_mm.models.frames import Qwen2VLFramesAdapter
+from ray_mm.models.make_model import FAMILIES, MODEL_MARKER, make_model
+from ray_mm.models.qwen2_audio import Qwen2AudioAdapter, audio_num_tokens
+from ray_mm.models.qwen2_vl import Qwen2VLAdapter
+from ray_mm.models.registry import (
+    available_adapters,
+    clear_adapter_cache,
+    get_adapter_class,
+    load_adapter,
+    register_adapter,
+    resolve_adapter_name,
+    unregister_adapter,
+)
+
+__all__ = [
+    "FAMILIES",
+    "MODEL_MARKER",
+    "ModelAdapter",
+    "Qwen2AudioAdapter",
+    "Qwen2VLAdapter",
+    "Qwen2VLFramesAdapter",
+    "audio_num_tokens",
+    "available_adapters",
+    "clear_adapter_cache",
+    "get_adapter_class",
+    "load_adapter",
+    "make_model",
+    "normalize_content_part",
+    "normalize_messages",
+    "register_adapter",
+    "resolve_adapter_name",
+    "unregister_adapter",
+]

@@ -68,7 +68,6 @@ Yesterday it rained heavily, but today the sun is shining and the garden smells 
 """
 
 
-
 def corpus_lines() -> list[str]:
     """The corpus as a list of lines (about 40 KB of text)."""
     lines = _BASE.splitlines() + _PROSE.splitlines()

@@ -61,9 +61,9 @@ SPECIAL_TOKENS: dict[str, list[str]] = {
 
 # Pixel budgets of the tiny Qwen2-VL processors (factor = patch 14 * merge 2 = 28).
 IMAGE_MIN_PIXELS = 4 * 28 * 28  # 3136: 4 merged tokens at least
-IMAGE_MAX_PIXELS = 256 * 28 * 28  # 200704: 1920x1080 -> 308x560, 220 tokens
+IMAGE_MAX_PIXELS = 256 * 28 * 28  # 200704: 1920x1080 -> 588x336, 252 tokens
 VIDEO_MIN_PIXELS = 4 * 28 * 28  # per frame
-VIDEO_MAX_PIXELS = 64 * 28 * 28  # 50176 per frame: 640x360 -> 140x280 (25 tokens per 2 frames)
+VIDEO_MAX_PIXELS = 64 * 28 * 28  # 50176 per frame: 640x360 -> 280x168, 60 tokens per 2 frames
 
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"
@@ -142,9 +142,7 @@ def _train_tokenizer(family: str):
 
     specials = SPECIAL_TOKENS[family]
     tok = Tokenizer(
-        models.BPE(
-            unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False
-        )
+        models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
     )
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -1,0 +1,151 @@
+"""Qwen2-VL adapter: images and videos through the HF fast (torchvision) image / video processors.
+
+Per item it calls the same sub-processor the HF ``Qwen2VLProcessor`` calls for a
+whole request, so per-item ``pixel_values`` / ``pixel_values_videos`` are the
+matching row slices of the processor's concatenated output and the grids are
+equal. Token count per item: ``prod(grid_thw) // merge_size**2``, as the
+processor's ``replace_image_token`` computes it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ray_mm.models.base import ModelAdapter, as_numpy_features
+from ray_mm.models.registry import register_adapter
+from ray_mm.types import ItemFeatures
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# Per-item options forwarded to the image / video processor (other keys belong to the media layer).
+_PIXEL_OPTIONS = ("min_pixels", "max_pixels")
+
+
+def _size_from_options(default_size: Any, options: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """Translate ``min_pixels`` / ``max_pixels`` / ``size`` options into the processor's ``size`` dict."""
+    if not options:
+        return None
+    size = options.get("size")
+    if size is None and not any(k in options for k in _PIXEL_OPTIONS):
+        return None
+    base = dict(size) if isinstance(size, Mapping) else _size_dict(default_size)
+    if options.get("min_pixels") is not None:
+        base["shortest_edge"] = int(options["min_pixels"])
+    if options.get("max_pixels") is not None:
+        base["longest_edge"] = int(options["max_pixels"])
+    return base
+
+
+def _size_dict(size: Any) -> dict[str, int]:
+    if isinstance(size, Mapping):
+        items = size.items()
+    else:  # SizeDict (a dataclass with optional fields)
+        items = ((k, getattr(size, k, None)) for k in ("shortest_edge", "longest_edge"))
+    return {k: int(v) for k, v in items if v is not None}
+
+
+@register_adapter("qwen2_vl")
+class Qwen2VLAdapter(ModelAdapter):
+    """Qwen2-VL: ``<|vision_start|><|image_pad|><|vision_end|>`` / ``<|vision_start|><|video_pad|><|vision_end|>``."""
+
+    modalities = frozenset({"image", "video"})
+
+    @property
+    def placeholder_tokens(self) -> dict[str, str]:
+        return {"image": self.processor.image_token, "video": self.processor.video_token}
+
+    @property
+    def placeholder_texts(self) -> dict[str, str]:
+        start = self._vision_token("vision_start")
+        end = self._vision_token("vision_end")
+        return {m: f"{start}{tok}{end}" for m, tok in self.placeholder_tokens.items()}
+
+    def _vision_token(self, which: str) -> str:
+        tid = getattr(self.config, f"{which}_token_id", None)
+        if tid is not None:
+            tok = self.tokenizer.convert_ids_to_tokens(int(tid))
+            if tok:
+                return tok
+        return f"<|{which}|>"
+
+    @property
+    def merge_size(self) -> int:
+        return int(self.processor.image_processor.merge_size)
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> list[ItemFeatures]:
+        if modality == "image":
+            return [self.process_image(data, options)]
+        if modality == "video":
+            return [self.process_video(data, options)]
+        raise ValueError(f"{self.name} does not take {modality!r} items (modalities: {sorted(self.modalities)})")
+
+    def process_image(self, image: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
+        ip = self.processor.image_processor
+        kwargs = dict(self._default_kwargs.get("images_kwargs", {}))
+        size = _size_from_options(ip.size, options)
+        if size is not None:
+            kwargs["size"] = size
+        out = ip(images=[image], return_tensors="pt", **kwargs)
+        feats = as_numpy_features(out, ("pixel_values", "image_grid_thw"))
+        grid = [int(x) for x in feats["image_grid_thw"][0]]
+        merge = int(kwargs.get("merge_size") or ip.merge_size)
+        return ItemFeatures(
+            modality="image",
+            features=feats,
+            primary="pixel_values",
+            num_tokens=math.prod(grid) // merge**2,
+            grid_thw=grid,
+        )
+
+    def process_video(self, frames: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
+        vp = self.processor.video_processor
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"video frames must be a (T, H, W, 3) array, got shape {tuple(frames.shape)}")
+        kwargs = dict(self._default_kwargs.get("videos_kwargs", {}))
+        size = _size_from_options(vp.size, options)
+        if size is not None:
+            kwargs["size"] = size
+        kwargs["do_sample_frames"] = False  # frames arrive already sampled by the media layer
+        out = vp(videos=[frames], return_tensors="pt", **kwargs)
+        feats = as_numpy_features(out, ("pixel_values_videos", "video_grid_thw"))
+        grid = [int(x) for x in feats["video_grid_thw"][0]]
+        merge = int(kwargs.get("merge_size") or vp.merge_size)
+        return ItemFeatures(
+            modality="video",
+            features=feats,
+            primary="pixel_values_videos",
+            num_tokens=math.prod(grid) // merge**2,
+            grid_thw=grid,
+        )
+
+    # ------------------------------------------------------------------ encoder
+
+    def build_encoder(self) -> torch.nn.Module:
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+        module = Qwen2VisionTransformerPretrainedModel._from_config(self.config.vision_config)
+        return module.eval()
+
+    def encode(self, module: torch.nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        if "pixel_values" in features:
+            pixels, grid = features["pixel_values"], features["image_grid_thw"]
+        elif "pixel_values_videos" in features:
+            pixels, grid = features["pixel_values_videos"], features["video_grid_thw"]
+        else:
+            raise ValueError(f"no pixel values among features {sorted(features)}")
+        param = next(module.parameters())
+        pixels = torch.as_tensor(pixels).to(device=param.device, dtype=param.dtype, non_blocking=True)
+        grid = torch.as_tensor(grid, dtype=torch.long).reshape(-1, 3).to(param.device)
+        with torch.inference_mode():
+            out = module(pixels, grid_thw=grid)
+        return out.pooler_output

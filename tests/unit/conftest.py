@@ -1,0 +1,33 @@
+"""Shared unit-test fixtures: tiny offline model directories, built once per session.
+
+The Hugging Face hub is switched off for the whole test session before
+transformers is imported, so anything that would reach the network fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen2_vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline Qwen2-VL model directory (tokenizer, processor configs, config.json)."""
+    from ray_mm.models.make_model import make_model
+
+    return make_model(tmp_path_factory.mktemp("qwen2_vl_model"), "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline Qwen2-Audio model directory."""
+    from ray_mm.models.make_model import make_model
+
+    return make_model(tmp_path_factory.mktemp("qwen2_audio_model"), "qwen2_audio")
