@@ -52,12 +52,12 @@ class Coordinator:
         core_config: dict[str, Any],
         pool_config: dict[str, Any],
         adapter: str | None,
-        workers: list[Any],
+        worker_names: list[str],
     ) -> None:
         self.cfg = PoolConfig.model_validate(pool_config)
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
-        self.workers = workers
-        self.selector = WorkerSelector(len(workers), self.cfg.max_inflight_per_worker)
+        self.workers = [ray.get_actor(name) for name in worker_names]
+        self.selector = WorkerSelector(len(self.workers), self.cfg.max_inflight_per_worker)
         self.slot_freed = asyncio.Condition()
         self.ready: collections.deque[ReadyRequest] = collections.deque()
         self.ready_changed = asyncio.Condition()

@@ -46,13 +46,13 @@ def _noop_consumer(request: Any, features: list[dict[str, Any]]) -> int:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=4)
 class GpuWorker:
-    def __init__(self, coordinator: Any, model_dir: str, pool_config: dict[str, Any], adapter: str | None, name: str) -> None:
+    def __init__(self, coordinator_name: str, model_dir: str, pool_config: dict[str, Any], adapter: str | None, name: str) -> None:
         import torch
 
         torch.set_num_threads(1)
         self.torch = torch
         self.cfg = PoolConfig.model_validate(pool_config)
-        self.coordinator = coordinator
+        self.coordinator = ray.get_actor(coordinator_name)
         self.name = name
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.node_id = ray.get_runtime_context().get_node_id()

@@ -8,6 +8,7 @@ emitted once per ``request_id``.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -51,15 +52,20 @@ class Pool:
     # -- lifecycle ---------------------------------------------------------
     def _start(self) -> None:
         cfg, core = self.cfg, self.config.model_dump(mode="json")
+        # Workers are named so the coordinator finds them by name: its constructor arguments stay
+        # plain values, which a restarted coordinator can always get back.
+        self.pool_id = uuid.uuid4().hex[:8]
+        worker_names = [f"ray_mm_media_{self.pool_id}_{k}" for k in range(cfg.cpu_workers)]
         self.media_workers = [
             MediaWorker.options(
-                num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=None
+                num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=name
             ).remote(self.model_dir, core, self.adapter)
-            for _ in range(cfg.cpu_workers)
+            for name in worker_names
         ]
         self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})
-        self.coordinator = Coordinator.remote(
-            self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, self.media_workers
+        coordinator_name = f"ray_mm_coordinator_{self.pool_id}"
+        self.coordinator = Coordinator.options(name=coordinator_name).remote(
+            self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, worker_names
         )
         ray.get(self.coordinator.incarnation_id.remote())
         self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
@@ -67,7 +73,7 @@ class Pool:
         self.gpu_workers = [
             GpuWorker.options(
                 num_cpus=0, num_gpus=1 if use_gpus else 0, resources={cfg.gpu_node_resource: 1}
-            ).remote(self.coordinator, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
+            ).remote(coordinator_name, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
             for k in range(cfg.gpu_workers)
         ]
         self._wait_for("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers})
@@ -88,11 +94,11 @@ class Pool:
             ) from None
 
     def shutdown(self) -> None:
-        for w in getattr(self, "gpu_workers", []):
-            try:
-                ray.get(w.stop.remote(), timeout=10)
-            except Exception:
-                pass
+        try:
+            ray.get([w.stop.remote() for w in getattr(self, "gpu_workers", [])], timeout=10)
+            ray.wait(getattr(self, "gpu_runs", []), num_returns=len(getattr(self, "gpu_runs", [])), timeout=10)
+        except Exception:
+            pass  # a worker that cannot stop cleanly is killed below anyway
         for actor in [*getattr(self, "gpu_workers", []), getattr(self, "coordinator", None), *self.media_workers]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
