@@ -103,8 +103,8 @@ class Preprocessor:
                 hash=content_hash,
                 feature_shape=[int(x) for x in primary.shape],
                 feature_dtype=str(primary.dtype),
-                source_modality=spec.modality if out.modality != spec.modality else None,
-                source_index=spec.index if out.modality != spec.modality else None,
+                source_modality=load_spec.modality if out.modality != load_spec.modality else None,
+                source_index=spec.index if out.modality != load_spec.modality else None,
                 timings={**decoded.timings, "process_s": process_s / len(outputs)},
             )
             results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary))

@@ -1,4 +1,4 @@
-"""Shared unit-test fixtures: tiny offline model directories, built once per session.
+"""Shared test fixtures: tiny offline model directories, built once per session.
 
 The Hugging Face hub is switched off for the whole test session before
 transformers is imported, so anything that would reach the network fails.
