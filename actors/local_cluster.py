@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ray_mm.pool_config import DEFAULT_CPU_RESOURCE, DEFAULT_GPU_RESOURCE
+from ray_mm.pool_config import DEFAULT_CPU_RESOURCE, LocalClusterSpec
 
 LOOPBACK = "127.0.0.1"
 # Features above this many bytes go to the shared object store instead of being
@@ -57,17 +57,10 @@ class LocalCluster:
 
 
 def start_local_cluster(
-    cpu_nodes: int = 2,
-    cpus_per_node: int = 1,
-    worker_slots_per_node: int = 1,
-    gpu_nodes: int = 1,
-    head_cpus: int = 1,
-    cpu_resource: str = DEFAULT_CPU_RESOURCE,
-    gpu_resource: str = DEFAULT_GPU_RESOURCE,
-    object_store_bytes: int = 256 << 20,
-    connect: bool = True,
+    spec: LocalClusterSpec | None = None, object_store_bytes: int = 256 << 20, connect: bool = True
 ) -> LocalCluster:
-    """Start the head and nodes, all on 127.0.0.1, and connect this driver to it."""
+    """Start the head and nodes of ``spec``, all on 127.0.0.1, and connect this driver to it."""
+    spec = spec or LocalClusterSpec()
     loopback_env()
     import ray
     from ray.cluster_utils import Cluster
@@ -77,16 +70,16 @@ def start_local_cluster(
         initialize_head=True,
         head_node_args={
             **common,
-            "num_cpus": head_cpus,
+            "num_cpus": spec.head.get("num_cpus", 1),
             "_system_config": {"max_direct_call_object_size": INLINE_OBJECT_LIMIT},
         },
     )
     local = LocalCluster(cluster, [], [])
-    for _ in range(cpu_nodes):
-        node = cluster.add_node(**common, num_cpus=cpus_per_node, resources={cpu_resource: worker_slots_per_node})
+    for _ in range(spec.cpu_nodes.count):
+        node = cluster.add_node(**common, num_cpus=spec.cpu_nodes.num_cpus, resources=dict(spec.cpu_nodes.resources))
         local.cpu_nodes.append(node)
-    for _ in range(gpu_nodes):
-        node = cluster.add_node(**common, num_cpus=1, resources={gpu_resource: 4})
+    for _ in range(spec.gpu_nodes.count):
+        node = cluster.add_node(**common, num_cpus=spec.gpu_nodes.num_cpus, resources=dict(spec.gpu_nodes.resources))
         local.gpu_nodes.append(node)
     if connect:
         ray.init(address=cluster.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)

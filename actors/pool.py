@@ -162,7 +162,7 @@ class Pool:
         if incarnation == self.incarnation:
             return
         self.incarnation = incarnation
-        for rid, (line, fallback) in list(self.pending.items()):
+        for line, fallback in list(self.pending.values()):
             try:
                 ray.get(self.coordinator.submit.remote(line, fallback))
                 self.resubmitted += 1

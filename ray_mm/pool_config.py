@@ -60,3 +60,36 @@ def load_pool_config(path: str | Path | None) -> tuple[RayMMConfig, PoolConfig]:
     data = yaml.safe_load(Path(path).read_text()) or {}
     core = RayMMConfig.model_validate(data)
     return core, PoolConfig.model_validate(core.pool)
+
+
+class NodeGroup(BaseModel):
+    """A group of identical simulated nodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(default=1, ge=0, description="Number of nodes in the group.")
+    num_cpus: int = Field(default=1, ge=0, description="Fixed CPU count of each node.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom resources of each node.")
+
+
+class LocalClusterSpec(BaseModel):
+    """The simulated cluster of ``ray-mm run`` without an address (``cluster_configs/local.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    head: dict[str, int] = Field(default_factory=lambda: {"num_cpus": 1}, description="Head node: its num_cpus.")
+    cpu_nodes: NodeGroup = Field(
+        default_factory=lambda: NodeGroup(count=2, num_cpus=1, resources={DEFAULT_CPU_RESOURCE: 1}),
+        description="CPU nodes carrying the media-worker resource.",
+    )
+    gpu_nodes: NodeGroup = Field(
+        default_factory=lambda: NodeGroup(count=1, num_cpus=1, resources={DEFAULT_GPU_RESOURCE: 4}),
+        description="GPU-worker nodes carrying the simulated GPU resource.",
+    )
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="Pool settings used with this cluster.")
+
+
+def load_local_cluster_spec(path: str | Path | None) -> LocalClusterSpec:
+    if path is None:
+        return LocalClusterSpec()
+    return LocalClusterSpec.model_validate(yaml.safe_load(Path(path).read_text()) or {})

@@ -17,7 +17,9 @@ from typing import Any
 
 from .config import RayMMConfig
 from .io import read_requests, write_record
-from .pool_config import PoolConfig, load_pool_config
+from .pool_config import LocalClusterSpec, PoolConfig, load_local_cluster_spec, load_pool_config
+
+DEFAULT_LOCAL_SPEC = "cluster_configs/local.yaml"
 
 
 def add_run_parser(sub: Any) -> None:
@@ -30,6 +32,10 @@ def add_run_parser(sub: Any) -> None:
     run.add_argument("--gpu-workers", type=int, help="GPU workers (default from config: 1)")
     run.add_argument("--config", help="YAML config with core sections and a 'pool:' section")
     run.add_argument("--adapter", help="model adapter name (default: from the model directory)")
+    run.add_argument(
+        "--cluster-config",
+        help="simulated cluster spec when no --address is given (default: cluster_configs/local.yaml if present)",
+    )
     run.add_argument("--demo-requests", type=int, default=48, help="size of the generated demo workload")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
@@ -37,9 +43,15 @@ def add_run_parser(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     core, pool_cfg = load_pool_config(args.config)
+    spec = None
+    if not args.address:
+        spec_path = args.cluster_config or (DEFAULT_LOCAL_SPEC if Path(DEFAULT_LOCAL_SPEC).exists() else None)
+        spec = load_local_cluster_spec(spec_path)
+        if not args.config:
+            pool_cfg = spec.pool
     overrides = {k: v for k, v in (("cpu_workers", args.cpu_workers), ("gpu_workers", args.gpu_workers)) if v is not None}
     pool_cfg = pool_cfg.model_copy(update=overrides)
-    cluster = _connect(args.address, pool_cfg)
+    cluster = _connect(args.address, spec, pool_cfg)
     try:
         with tempfile.TemporaryDirectory(prefix="ray-mm-run-") as tmp, contextlib.ExitStack() as stack:
             workloads = _workloads(args, core, Path(tmp), stack)
@@ -50,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if records else 1
 
 
-def _connect(address: str | None, pool_cfg: PoolConfig) -> Any:
+def _connect(address: str | None, spec: LocalClusterSpec | None, pool_cfg: PoolConfig) -> Any:
     if address:
         import ray
 
@@ -58,10 +70,14 @@ def _connect(address: str | None, pool_cfg: PoolConfig) -> Any:
         return None
     from actors.local_cluster import start_local_cluster
 
-    return start_local_cluster(
-        cpu_nodes=max(2, pool_cfg.cpu_workers), cpus_per_node=1, gpu_nodes=1 if pool_cfg.gpu_workers else 0,
-        cpu_resource=pool_cfg.cpu_node_resource, gpu_resource=pool_cfg.gpu_node_resource,
-    )
+    assert spec is not None
+    # Enough CPU-node slots for the requested media workers, one simulated node per worker.
+    slots = spec.cpu_nodes.resources.get(pool_cfg.cpu_node_resource, 0) * spec.cpu_nodes.count
+    if slots < pool_cfg.cpu_workers:
+        per_node = spec.cpu_nodes.resources.get(pool_cfg.cpu_node_resource, 1) or 1
+        count = -(-pool_cfg.cpu_workers // int(per_node))
+        spec = spec.model_copy(update={"cpu_nodes": spec.cpu_nodes.model_copy(update={"count": count})})
+    return start_local_cluster(spec)
 
 
 def _workloads(args: argparse.Namespace, core: RayMMConfig, tmp: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
