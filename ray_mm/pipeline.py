@@ -18,7 +18,7 @@ import numpy as np
 
 from .align import align
 from .config import RayMMConfig
-from .errors import InternalError, MMError, RequestError
+from .errors import InternalError, MediaLimitError, MMError, RequestError
 from .media import DecodedVideo, MediaLoader
 from .models import ModelAdapter, load_adapter
 from .request import parse_request, request_id_of
@@ -81,14 +81,21 @@ class Preprocessor:
             # MiniCPM-V style: a video among the images, decoded into frames that each take an image placeholder.
             options = {k: v for k, v in options.items() if k != "kind"}
             load_spec = MediaSpec("video", spec.index, spec.source, options, spec.request_id)
+        proc_options = _processor_options(options)
+        self._check_pixel_options(load_spec, proc_options)  # before any fetch: refuse cheaply
         try:
             decoded = self.loader.load(load_spec)
             data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
             t0 = time.perf_counter()
-            outputs = self.adapter.process(load_spec.modality, data, _processor_options(options))
+            outputs = self.adapter.process(load_spec.modality, data, proc_options)
             process_s = time.perf_counter() - t0
         except MMError:
             raise
+        except (ValueError, TypeError) as exc:
+            if proc_options:  # the client's per-item options are the likely cause: a bad request, not our fault
+                names = ", ".join(str(k)[:40] for k in sorted(proc_options, key=str)[:8])
+                raise RequestError(f"{spec.label}: the processor rejected the item's options ({names}; {type(exc).__name__})") from exc
+            raise InternalError(f"{spec.label}: processor failed ({type(exc).__name__})") from exc
         except Exception as exc:  # a processor bug must fail this item only, with a typed error
             raise InternalError(f"{spec.label}: processor failed ({type(exc).__name__})") from exc
         results = []
@@ -109,6 +116,28 @@ class Preprocessor:
             )
             results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary))
         return results
+
+    def _check_pixel_options(self, spec: MediaSpec, options: dict[str, Any]) -> None:
+        """Client resize options must be positive integers, and may not upscale past the pixel caps.
+
+        ``min_pixels`` / ``size.shortest_edge`` make the processor *upscale* small media: unchecked,
+        a 1x1 image with ``min_pixels=10**10`` would allocate tens of GB.
+        """
+        if spec.modality not in ("image", "video"):
+            return
+        policy = self.config.media
+        cap = policy.max_image_pixels if spec.modality == "image" else policy.max_video_frame_pixels
+        values = [(k, options[k]) for k in ("min_pixels", "max_pixels") if options.get(k) is not None]
+        size = options.get("size")
+        if size is not None:
+            if not isinstance(size, dict):
+                raise RequestError(f"{spec.label}: option 'size' must be an object")
+            values += [(f"size.{k}", size[k]) for k in ("shortest_edge", "longest_edge") if size.get(k) is not None]
+        for name, value in values:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise RequestError(f"{spec.label}: option {name} must be a positive integer")
+            if name in ("min_pixels", "size.shortest_edge") and value > cap:
+                raise MediaLimitError(f"{spec.label}: option {name}={value} would upscale past the cap of {cap} pixels")
 
     # -- whole request in process ------------------------------------------
     def run(self, line: Any, fallback_id: str = "?") -> RequestOutcome:

@@ -31,6 +31,9 @@ class ImageMediaIO(MediaIO[Image.Image]):
 
     def __init__(self, policy: MediaPolicy) -> None:
         self.policy = policy
+        # Only names Pillow can open: an unknown name (Pillow 13 has no separate "MPO" opener) makes
+        # Image.open raise KeyError for every non-image input instead of UnidentifiedImageError.
+        self._formats = openable_formats(policy.image_formats)
 
     def load_bytes(self, data: bytes, *, label: str = DEFAULT_LABEL, options: dict[str, Any] | None = None) -> Image.Image:
         if not data:
@@ -40,7 +43,7 @@ class ImageMediaIO(MediaIO[Image.Image]):
                 # Our own cap below is the limit that counts; Pillow's bomb warning is noise.
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 # Image.open reads only the header; ``formats`` stops Pillow trying other plugins.
-                img = Image.open(io.BytesIO(data), formats=list(self.policy.image_formats))
+                img = Image.open(io.BytesIO(data), formats=self._formats)
             self._check_pixels(img.width, img.height, label)
             img.load()  # the actual decode, after the cap
         except MMError:
@@ -91,6 +94,12 @@ class ImageMediaIO(MediaIO[Image.Image]):
             raise
         except Exception as exc:
             raise MediaDecodeError(f"{label}: cannot convert image to RGB ({type(exc).__name__}: {exc})") from None
+
+
+def openable_formats(formats: list[str]) -> list[str]:
+    """The configured Pillow format names that this Pillow can open (upper-cased, order kept)."""
+    Image.init()
+    return [f.upper() for f in formats if f.upper() in Image.OPEN]
 
 
 def _apply_exif(img: Image.Image) -> Image.Image:
