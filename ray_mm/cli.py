@@ -64,10 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .runner import add_run_parser
 
     add_run_parser(sub)
-    with contextlib.suppress(ImportError):
-        from .bench import add_bench_parser
+    from .bench import add_bench_parser
 
-        add_bench_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

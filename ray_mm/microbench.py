@@ -5,8 +5,12 @@ They return plain dicts of measured numbers; nothing here asserts a speed.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,3 +57,158 @@ def align_fast_vs_legacy(total_tokens: int = 32768, n_images: int = 16, repeats:
         "legacy_ms": legacy_s * 1e3,
         "speedup": legacy_s / fast_s,
     }
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+#: Pixel budgets used for every benchmark: the common serving setting for Qwen2-VL-class models
+#: (max_pixels = 1280*28*28 per image, 768*28*28 per video frame). A 1080p page becomes
+#: 4888 patches x 1176 float32 = 23 MB of ``pixel_values``; a 16-frame 360p clip, 45 MB.
+SERVING_IMAGE_MAX_PIXELS = 1280 * 28 * 28
+SERVING_VIDEO_MAX_PIXELS = 768 * 28 * 28
+MIN_PIXELS = 4 * 28 * 28
+
+
+def make_bench_model(directory: str | Path) -> Path:
+    """The tiny offline Qwen2-VL model with serving-size pixel budgets (so features have real sizes)."""
+    from .models import make_model
+
+    path = Path(make_model(directory, "qwen2_vl"))
+    cfg_path = path / "processor_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["image_processor"]["size"] = {"shortest_edge": MIN_PIXELS, "longest_edge": SERVING_IMAGE_MAX_PIXELS}
+    cfg["video_processor"]["size"] = {"shortest_edge": MIN_PIXELS, "longest_edge": SERVING_VIDEO_MAX_PIXELS}
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the duration (per-core numbers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _mean_rate(fn: Callable[[], Any], n: int, warmup: int = 1) -> tuple[float, float]:
+    """(calls per second, mean ms per call) over ``n`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    dt = (time.perf_counter() - t0) / n
+    return 1.0 / dt, dt * 1e3
+
+
+# --------------------------------------------------------------------------- images
+
+def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height: int = 1080) -> dict[str, Any]:
+    """1080p JPEG bytes to Qwen2-VL ``pixel_values`` on one thread, three ways, JPEG decode included in all.
+
+    - ``hf_pil``: Pillow decode + transformers' ``Qwen2VLImageProcessorPil`` (numpy/PIL path);
+    - ``hf_fast``: Pillow decode + transformers' ``Qwen2VLImageProcessor`` (torchvision);
+    - ``ray_mm``: ray-mm's media worker path: ``ImageMediaIO.load_bytes`` (header check, EXIF, RGB)
+      + the model adapter's ``process`` (numpy features out).
+    All three use the model directory's processor settings.
+    """
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
+
+    from .config import RayMMConfig
+    from .media import ImageMediaIO
+    from .models import load_adapter
+    from .synth import make_image
+
+    jpeg = make_image(width, height, "JPEG", seed=1)
+    cfg = json.loads((Path(model_dir) / "processor_config.json").read_text())["image_processor"]
+    kwargs = {k: v for k, v in cfg.items() if k != "image_processor_type"}
+    hf_pil, hf_fast = Qwen2VLImageProcessorPil(**kwargs), Qwen2VLImageProcessor(**kwargs)
+    adapter = load_adapter(model_dir)
+    image_io = ImageMediaIO(RayMMConfig().media)
+
+    def decode() -> Any:
+        return Image.open(io.BytesIO(jpeg)).convert("RGB")
+
+    out: dict[str, Any] = {"width": width, "height": height, "jpeg_bytes": len(jpeg), "n": n}
+    with single_thread():
+        runs = {
+            "hf_pil": lambda: hf_pil(images=[decode()], return_tensors="np"),
+            "hf_fast": lambda: hf_fast(images=[decode()], return_tensors="pt"),
+            "ray_mm": lambda: adapter.process("image", image_io.load_bytes(jpeg)),
+        }
+        for name, fn in runs.items():
+            out[name], out[f"{name}_ms"] = _mean_rate(fn, n)
+        out["decode_ms"] = _mean_rate(decode, n)[1]
+    feats = adapter.process("image", decode())[0]
+    out["feature_shape"] = list(feats.features["pixel_values"].shape)
+    out["feature_mb"] = feats.features["pixel_values"].nbytes / 1e6
+    out["ray_mm_vs_hf_pil"] = out["ray_mm"] / out["hf_pil"]
+    return out
+
+
+# --------------------------------------------------------------------------- video
+
+def naive_seek_per_frame(data: bytes, indices: list[int]) -> np.ndarray:
+    """The slow way (benchmark only): for each wanted frame, seek to its keyframe and decode up to it."""
+    import av
+
+    rows = []
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "NONE"
+        stream.codec_context.thread_count = 1
+        pts = sorted(p.pts for p in container.demux(stream) if p.size)
+        for idx in indices:
+            target = pts[idx]
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts >= target:
+                    rows.append(frame.to_ndarray(format="rgb24"))
+                    break
+    return np.stack(rows)
+
+
+def video_sampling(
+    n: int = 6, nframes: int = 16, width: int = 640, height: int = 360, fps: int = 30, seconds: float = 10.0,
+    gop: int = 60, model_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """16 frames out of a 10 s 360p H.264 clip, one thread: ray-mm's forward pass vs a seek per frame.
+
+    ``clips_per_s`` is decode + sampling (``VideoMediaIO.load_bytes``); with ``model_dir`` the
+    processor on the sampled frames is timed too (``with_processor_clips_per_s``).
+    """
+    from .config import RayMMConfig
+    from .media import VideoMediaIO
+    from .synth import make_video
+
+    clip = make_video(width, height, fps=fps, seconds=seconds, gop=gop, seed=2)
+    cfg = RayMMConfig()
+    vio = VideoMediaIO(cfg.media, cfg.video)
+    options = {"nframes": nframes}
+    decoded = vio.load_bytes(clip, options=options)
+    naive = naive_seek_per_frame(clip, decoded.indices)
+    out: dict[str, Any] = {
+        "clip": f"{width}x{height} {fps} fps {seconds:g} s gop {gop}", "clip_bytes": len(clip), "nframes": nframes,
+        "frames_equal": bool(np.array_equal(naive, decoded.frames)),
+        "seeks": decoded.seeks, "decoded_frames": decoded.decoded_frames, "total_frames": decoded.total_frames,
+    }
+    with single_thread():
+        out["clips_per_s"], out["forward_pass_ms"] = _mean_rate(lambda: vio.load_bytes(clip, options=options), n)
+        naive_n = max(2, n // 2)
+        out["naive_clips_per_s"], out["seek_per_frame_ms"] = _mean_rate(lambda: naive_seek_per_frame(clip, decoded.indices), naive_n)
+        out["forward_vs_seek_per_frame"] = out["seek_per_frame_ms"] / out["forward_pass_ms"]
+        if model_dir is not None:
+            from .models import load_adapter
+
+            adapter = load_adapter(model_dir)
+            frames = decoded.frames
+            _, proc_ms = _mean_rate(lambda: adapter.process("video", frames), max(2, n // 2))
+            out["processor_ms"] = proc_ms
+            out["with_processor_clips_per_s"] = 1e3 / (out["forward_pass_ms"] + proc_ms)
+    return out

@@ -1,0 +1,22 @@
+"""Per-core 1080p JPEG -> Qwen2-VL pixel_values: HF PIL, HF fast (torchvision), ray-mm's path (not a timed test)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+from ray_mm.microbench import image_per_core, make_bench_model
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20, help="images per path")
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--height", type=int, default=1080)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = image_per_core(make_bench_model(tmp), n=args.n, width=args.width, height=args.height)
+    print(json.dumps(r, indent=2))
+    print(f"per core: HF PIL {r['hf_pil']:.1f}/s ({r['hf_pil_ms']:.1f} ms), HF fast {r['hf_fast']:.1f}/s "
+          f"({r['hf_fast_ms']:.1f} ms), ray-mm {r['ray_mm']:.1f}/s ({r['ray_mm_ms']:.1f} ms; "
+          f"JPEG decode {r['decode_ms']:.1f} ms): {r['ray_mm_vs_hf_pil']:.2f}x HF PIL")

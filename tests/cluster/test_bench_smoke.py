@@ -1,0 +1,82 @@
+"""``ray-mm bench --quick --json FILE`` runs end to end and writes a complete report.
+
+Checks the JSON's shape only (every key other tools read, numbers finite and > 0),
+never the speed: timings on a shared 2-core machine are not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+PIPELINES = ("sglang_style", "ray_data", "pool", "pool_1worker")
+PIPELINE_KEYS = ("requests_per_s", "items_per_s", "p50_ms", "p99_ms", "cpu_s_per_item")
+TARGETS = (
+    "pool_vs_sglang_throughput",
+    "pool_1worker_vs_sglang_throughput",
+    "pool_vs_ray_data_throughput",
+    "pool_vs_ray_data_p50",
+    "image_1080p_per_core",
+    "image_1080p_vs_hf_pil",
+    "video_clips_per_core",
+    "align_fast_vs_legacy",
+    "coordinator_cpu_ms_per_request_4img",
+)
+
+
+def _positive(value: object, where: str) -> None:
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: not a number ({value!r})"
+    assert math.isfinite(value) and value > 0, f"{where}: {value!r} is not finite and > 0"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    pytest.importorskip("ray.data", reason="Ray Data (pandas, pyarrow: ray[data]) is needed for the ray_data pipeline")
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_mm", "bench", "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=420, env=env, cwd=Path(__file__).resolve().parents[2],
+    )
+    noise = (" INFO ", " WARNING ", "info_message")
+    assert proc.returncode == 0, "\n".join(ln for ln in proc.stderr.splitlines() if not any(n in ln for n in noise))[-4000:]
+    assert "pool_vs_sglang_throughput" in proc.stdout  # the printed table
+    return json.loads(out.read_text())
+
+
+def test_pipelines_complete(report: dict) -> None:
+    assert set(PIPELINES) <= set(report["pipelines"])
+    for name in PIPELINES:
+        p = report["pipelines"][name]
+        for key in PIPELINE_KEYS:
+            _positive(p.get(key), f"pipelines.{name}.{key}")
+        assert p["ok"] == p["requests"], f"{name}: failed requests {p.get('errors')}"
+    for name in ("pool", "pool_1worker"):
+        _positive(report["pipelines"][name].get("coordinator_cpu_ms_per_request"), f"{name}.coordinator_cpu_ms_per_request")
+
+
+def test_micro_complete(report: dict) -> None:
+    micro = report["micro"]
+    for key in ("hf_pil", "hf_fast", "ray_mm"):
+        _positive(micro["image_1080p_per_core_per_s"].get(key), f"micro.image_1080p_per_core_per_s.{key}")
+    _positive(micro.get("video_clips_per_core_per_s"), "micro.video_clips_per_core_per_s")
+    _positive(micro.get("align_fast_vs_legacy_32k"), "micro.align_fast_vs_legacy_32k")
+
+
+def test_targets_complete(report: dict) -> None:
+    targets = report["targets"]
+    assert set(TARGETS) <= set(targets)
+    for name in TARGETS:
+        t = targets[name]
+        _positive(t.get("target"), f"targets.{name}.target")
+        assert isinstance(t.get("met"), bool), f"targets.{name}.met"
+        measured = t.get("measured")
+        assert isinstance(measured, (int, float)) and math.isfinite(measured), f"targets.{name}.measured"
