@@ -274,5 +274,15 @@ class Coordinator:
             "coordinator_cpu_s": self.cpu_s,
         }
 
+    def feature_locations(self) -> list[dict[str, Any]]:
+        """Where the features of queued and leased requests live (node ids, size), for inspection."""
+        refs = [ref for r in [*self.ready, *(lease.payload for lease in self.leases.leases.values())]
+                for ref, _ in r.feature_refs]
+        found = ray.experimental.get_object_locations(refs) if refs else {}
+        return [{"node_ids": list(v.get("node_ids", [])), "object_size": v.get("object_size")} for v in found.values()]
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def incarnation_id(self) -> int:
         return self.incarnation

@@ -8,6 +8,8 @@ resource. Used by tests and by ``ray-mm run`` without an address.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +22,24 @@ INLINE_OBJECT_LIMIT = 4096
 
 
 def loopback_env() -> None:
-    """Make Ray pick 127.0.0.1 for every node it starts from this process."""
+    """Make Ray pick 127.0.0.1 for every node it starts, and for this driver.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray._private.ray_constants``
+    is first imported; if this process imported Ray before, the constant is set too,
+    or the driver would resolve 127.0.0.1 to the machine's outward address.
+    """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_max_direct_call_object_size"] = str(INLINE_OBJECT_LIMIT)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -70,6 +86,8 @@ def start_local_cluster(
         initialize_head=True,
         head_node_args={
             **common,
+            # Free ports, not Ray's defaults, so several local clusters (tests, benchmarks) can coexist.
+            "dashboard_agent_listen_port": free_port(),
             "num_cpus": spec.head.get("num_cpus", 1),
             "_system_config": {"max_direct_call_object_size": INLINE_OBJECT_LIMIT},
         },
