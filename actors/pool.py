@@ -64,7 +64,7 @@ class Pool:
         ]
         self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})
         coordinator_name = f"ray_mm_coordinator_{self.pool_id}"
-        self.coordinator = Coordinator.options(name=coordinator_name).remote(
+        self.coordinator = Coordinator.options(name=coordinator_name, resources=dict(cfg.coordinator_resources)).remote(
             self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, worker_names
         )
         ray.get(self.coordinator.incarnation_id.remote())

@@ -32,6 +32,10 @@ class PoolConfig(BaseModel):
         description="Custom resource that marks GPU-worker nodes; each GPU worker takes one unit. "
         "On real GPU nodes workers also ask for num_gpus.",
     )
+    coordinator_resources: dict[str, float] = Field(
+        default_factory=lambda: {"node:__internal_head__": 0.001},
+        description="Resources that place the coordinator; by default the head node, away from media workers.",
+    )
     use_gpus: bool | None = Field(
         default=None, description="Ask Ray for num_gpus=1 per GPU worker. None: only if the cluster has GPUs."
     )

@@ -1,0 +1,157 @@
+"""The pool on a simulated 3-node cluster: placement, parity with the in-process pipeline,
+zero-copy features, placeholder counts, admission and ready-queue bounds."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from actors.local_cluster import LOOPBACK, LocalCluster
+from actors.pool import Pool
+from ray_mm.config import MediaPolicy, RayMMConfig
+from ray_mm.demo import serve_directory
+from ray_mm.errors import PoolSaturatedError
+from ray_mm.models import load_adapter, make_model
+from ray_mm.pipeline import Preprocessor
+from ray_mm.pool_config import PoolConfig
+from ray_mm.synth import make_image, make_video
+
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"
+VID = "<|vision_start|><|video_pad|><|vision_end|>"
+COMPARED = ("ok", "path", "input_ids", "items")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("model"), "qwen2_vl")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    d = tmp_path_factory.mktemp("media")
+    (d / "big.jpg").write_bytes(make_image(1920, 1080, seed=1))
+    (d / "small.jpg").write_bytes(make_image(640, 480, seed=2))
+    (d / "shape.png").write_bytes(make_image(333, 517, "PNG", seed=3))
+    (d / "clip.mp4").write_bytes(make_video(160, 120, fps=10, seconds=2.0))
+    with serve_directory(d) as base:
+        yield d, base
+
+
+@pytest.fixture(scope="module")
+def config() -> RayMMConfig:
+    # Media are served on 127.0.0.1, which the SSRF guard refuses unless told otherwise.
+    return RayMMConfig(media=MediaPolicy(allow_private_addresses=True))
+
+
+def workload(model_dir: Path, media: Path, base: str) -> list[dict[str, Any]]:
+    adapter = load_adapter(model_dir)
+    data_uri = "data:image/jpeg;base64," + base64.b64encode((media / "small.jpg").read_bytes()).decode()
+    lines: list[dict[str, Any]] = []
+    for k in range(10):
+        lines.append({"request_id": f"img-{k}", "prompt": f"{k}: {IMG} and {IMG}",
+                      "images": [f"{base}/big.jpg", f"{base}/shape.png" if k % 2 else data_uri]})
+    lines.append({"request_id": "mixed", "prompt": f"{IMG} then {VID} then {IMG}",
+                  "images": [f"{base}/small.jpg", f"{base}/shape.png"], "videos": [f"{base}/clip.mp4"]})
+    lines.append({"request_id": "chat", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_uri}}, {"type": "text", "text": "what?"}]}]})
+    lines.append({"request_id": "ids", "input_ids": adapter.tokenize(f"look {IMG} here"), "skip_tokenizer_init": True,
+                  "images": [f"{base}/small.jpg"]})
+    lines.append({"request_id": "bad", "prompt": f"{IMG}", "images": [f"{base}/missing.jpg"]})
+    return lines
+
+
+def test_every_node_is_on_loopback(cluster: LocalCluster) -> None:
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) == 4
+    assert {n["NodeManagerAddress"] for n in nodes} == {LOOPBACK}
+
+
+def test_pool_matches_in_process_pipeline_and_places_work(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str], config: RayMMConfig
+) -> None:
+    media, base = served
+    lines = workload(model_dir, media, base)
+    pre = Preprocessor(model_dir, config)
+    expected = {line["request_id"]: pre.run(line).record for line in lines}
+    with Pool(str(model_dir), config, PoolConfig(cpu_workers=2, gpu_workers=1)) as pool:
+        records = list(pool.run([(line["request_id"], line) for line in lines]))
+        stats = pool.stats()
+
+    got = {r["request_id"]: r for r in records}
+    assert sorted(got) == sorted(expected) and len(records) == len(lines)
+    for rid, exp in expected.items():
+        if exp["ok"]:
+            assert {k: got[rid][k] for k in COMPARED} == {k: exp[k] for k in COMPARED}, rid
+        else:
+            assert got[rid]["error"]["type"] == exp["error"]["type"] == "MediaFetchError"
+    assert got["ids"]["path"] == "legacy" and got["img-0"]["path"] == "fast"
+
+    # Placement: media work on both CPU nodes only; GPU workers only on the GPU node.
+    cpu_ids = {n.node_id for n in cluster.cpu_nodes}
+    gpu_ids = {n.node_id for n in cluster.gpu_nodes}
+    assert set(stats["items_per_node"]) == cpu_ids
+    assert {w["node_id"] for w in stats["media_workers"]} == cpu_ids
+    assert {w["node_id"] for w in stats["gpu_workers"]} <= gpu_ids
+
+    # The GPU side: read-only object-store views, and one embedding per placeholder token.
+    media_tokens = set(load_adapter(model_dir).placeholder_token_ids.values())
+    for rec in records:
+        if rec["ok"]:
+            consumer = rec["consumer"]
+            assert consumer["node_id"] in gpu_ids
+            assert consumer["zero_copy"] is True
+            assert consumer["embeddings"] == sum(1 for t in rec["input_ids"] if t in media_tokens) > 0
+    assert sum(w["arrays_checked"] for w in stats["gpu_workers"]) > 0
+    assert sum(w["writable_copies"] for w in stats["gpu_workers"]) == 0
+
+
+def test_coordinator_never_holds_feature_bytes(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str], config: RayMMConfig
+) -> None:
+    media, base = served
+    # A slow consumer keeps requests queued and leased, so their features can be located.
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="noop", consumer_delay_s=2.0, pull_batch_size=1)
+    with Pool(str(model_dir), config, cfg) as pool:
+        for k in range(4):
+            pool.submit({"request_id": f"r{k}", "prompt": IMG, "images": [f"{base}/big.jpg"]})
+        deadline = time.monotonic() + 60
+        locations: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and len(locations) < 3:
+            time.sleep(0.5)
+            locations = ray.get(pool.coordinator.feature_locations.remote())
+        head = ray.get(pool.coordinator.node_id.remote())
+        list(pool.results(timeout_s=120))
+    assert len(locations) >= 3
+    cpu_ids = {n.node_id for n in cluster.cpu_nodes}
+    for loc in locations:
+        assert loc["object_size"] > 1_000_000  # a 1080p image's pixel_values, big enough to show a copy
+        assert head not in loc["node_ids"], "a feature was copied to the coordinator's node"
+        assert set(loc["node_ids"]) & cpu_ids
+
+
+def test_admission_limit_and_bounded_ready_queue(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str], config: RayMMConfig
+) -> None:
+    media, base = served
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="noop", consumer_delay_s=0.5, pull_batch_size=1,
+                     max_inflight_requests=6, ready_queue_size=2)
+    with Pool(str(model_dir), config, cfg) as pool:
+        for k in range(6):
+            pool.submit({"request_id": f"a{k}", "prompt": IMG, "images": [f"{base}/small.jpg"]})
+        with pytest.raises(PoolSaturatedError) as err:
+            pool.submit({"request_id": "a6", "prompt": IMG, "images": [f"{base}/small.jpg"]})
+        assert err.value.status == 503
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and ray.get(pool.coordinator.stats.remote())["ready"] < 2:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        stats = ray.get(pool.coordinator.stats.remote())
+        records = list(pool.results(timeout_s=120))
+    assert stats["ready"] == 2 and stats["max_ready_seen"] == 2
+    assert len(records) == 6 and all(r["ok"] for r in records)
