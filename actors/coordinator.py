@@ -85,6 +85,7 @@ class Coordinator:
             raise PoolSaturatedError(f"pool saturated: {len(self.inflight)} requests in flight (limit {self.cfg.max_inflight_requests})")
         entry = _Entry(rid, time.monotonic())
         self.inflight[rid] = entry
+        metrics.queue_depth("inflight", len(self.inflight))
         try:
             prepared = self.pre.prepare(line, fallback_id) if not isinstance(line, MMError) else None
             if prepared is None:
@@ -179,6 +180,10 @@ class Coordinator:
             record.setdefault("timings", {})
             if record.get("ok"):
                 record["timings"]["pool_total_s"] = round(time.monotonic() - entry.submitted, 6)
+        metrics.request_done(bool(record.get("ok")))
+        for stage, seconds in record.get("timings", {}).items():
+            metrics.stage_seconds(stage.removesuffix("_s"), seconds)
+        metrics.queue_depth("inflight", len(self.inflight))
         if record.get("ok"):
             self.counters["ok"] += 1
         else:

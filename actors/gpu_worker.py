@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from actors import metrics
 from ray_mm.pool_config import PoolConfig
 
 
@@ -95,6 +96,7 @@ class GpuWorker:
         if self.cfg.consumer_delay_s:
             time.sleep(self.cfg.consumer_delay_s)
         self.consumed += 1
+        metrics.stage_seconds("gpu_consume", time.perf_counter() - t0)
         summary: dict[str, Any] = {
             "worker": self.name,
             "node_id": self.node_id,
