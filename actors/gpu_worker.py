@@ -9,6 +9,7 @@ and the request is served again.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 import warnings
@@ -41,6 +42,12 @@ class VisionTowerConsumer:
         return rows
 
 
+class _FeaturesUnavailable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _noop_consumer(request: Any, features: list[dict[str, Any]]) -> int:
     return int(request.placeholder_tokens)
 
@@ -57,6 +64,9 @@ class GpuWorker:
         self.name = name
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.node_id = ray.get_runtime_context().get_node_id()
+        from ray_mm.models import load_adapter
+
+        self.adapter = load_adapter(model_dir, adapter)
         if self.cfg.consumer == "vision_tower":
             self.consumer: Any = VisionTowerConsumer(model_dir, adapter, self.device)
         elif self.cfg.consumer == "noop":
@@ -69,29 +79,77 @@ class GpuWorker:
         self.zero_copy_checked = 0
         self.copies_seen = 0
         self.bytes_in = 0
+        self.faults = 0
 
     def ready(self) -> str:
         return self.node_id
 
     def run(self) -> int:
-        """Pull and consume until ``stop``; retried on restart (max_task_retries=-1)."""
+        """Pull and consume until ``stop``; retried on restart (max_task_retries=-1).
+
+        Faults never end the loop: a coordinator that is restarting is waited for, features
+        that cannot be read within the lease are handed back (``nack``: the coordinator
+        dispatches the request's media again), and a consumer that raises gives an
+        InternalError record for that request only.
+        """
         while not self.stopping.is_set():
-            batch = ray.get(self.coordinator.pull.remote(self.name, self.cfg.pull_batch_size, 0.5))
+            try:
+                batch = ray.get(self.coordinator.pull.remote(self.name, self.cfg.pull_batch_size, 0.5),
+                                timeout=self.cfg.lease_s)
+            except (ray.exceptions.RayError, TimeoutError):
+                self.faults += 1
+                time.sleep(0.2)
+                continue
             for request in batch:
-                summary = self._consume(request)
-                ray.get(self.coordinator.ack.remote(self.name, request.request_id, summary))
+                self._serve(request)
         return self.consumed
+
+    def _serve(self, request: Any) -> None:
+        try:
+            summary = self._consume(request)
+        except _FeaturesUnavailable as exc:
+            self.faults += 1
+            self._tell(self.coordinator.nack.remote(self.name, request.request_id, request.lease, exc.reason))
+            return
+        except Exception as exc:  # a consumer fault fails this request only
+            self.faults += 1
+            summary = {"worker": self.name, "node_id": self.node_id, "error": {
+                "type": "InternalError", "status": 500,
+                "message": f"request {request.request_id}: GPU consumer fault ({type(exc).__name__})"}}
+        self._tell(self.coordinator.ack.remote(self.name, request.request_id, summary, request.lease))
+
+    def _tell(self, ref: Any) -> None:
+        """Best effort: a lost ack only means the lease expires and the request is served again."""
+        try:
+            ray.get(ref, timeout=self.cfg.lease_s)
+        except (ray.exceptions.RayError, TimeoutError):
+            self.faults += 1
+
+    def _fetch(self, request: Any) -> list[Any]:
+        """The request's feature groups; zero-copy reads. Lost objects are rebuilt by lineage inside
+        ``ray.get``; if that does not finish within the lease, the request goes back."""
+        try:
+            return list(ray.get([ref for ref, _ in request.feature_refs], timeout=self.cfg.lease_s))
+        except ray.exceptions.GetTimeoutError:
+            raise _FeaturesUnavailable("fetch_timeout") from None
+        except ray.exceptions.OwnerDiedError:
+            raise _FeaturesUnavailable("owner_died") from None
+        except ray.exceptions.ObjectLostError:
+            raise _FeaturesUnavailable("object_lost") from None
+        except ray.exceptions.RayError:  # the producing media call failed for good
+            raise _FeaturesUnavailable("producer_failed") from None
 
     def _consume(self, request: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
-        groups = ray.get([ref for ref, _ in request.feature_refs])
+        groups = self._fetch(request)
         items = [group[k] for group, (_, k) in zip(groups, request.feature_refs)]
         arrays = [a for item in items for a in item.values() if isinstance(a, np.ndarray)]
         zero_copy = all(not a.flags.writeable for a in arrays if a.nbytes > 0)
         self.zero_copy_checked += len(arrays)
         self.copies_seen += sum(1 for a in arrays if a.flags.writeable)
         self.bytes_in += sum(a.nbytes for a in arrays)
-        tensors = [{k: self._to_device(v) for k, v in item.items()} for item in items]
+        # uint8 transport is normalised here, on the device (identity for float32 transport).
+        tensors = [self.adapter.finish_features({k: self._to_device(v) for k, v in item.items()}) for item in items]
         embeddings = self.consumer(request, tensors)
         if self.cfg.consumer_delay_s:
             time.sleep(self.cfg.consumer_delay_s)
@@ -138,4 +196,6 @@ class GpuWorker:
             "arrays_checked": self.zero_copy_checked,
             "writable_copies": self.copies_seen,
             "bytes_in": self.bytes_in,
+            "faults": self.faults,
+            "pid": os.getpid(),
         }

@@ -6,7 +6,7 @@ One ``RayMMConfig`` holds everything; each section is usable on its own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,6 +71,11 @@ class RayMMConfig(_Strict):
     media: MediaPolicy = Field(default_factory=MediaPolicy, description="Fetch policy and caps.")
     video: VideoSampling = Field(default_factory=VideoSampling, description="Video sampling.")
     audio: AudioSampling = Field(default_factory=AudioSampling, description="Audio decode.")
+    transport: Literal["float32", "uint8"] = Field(
+        default="float32",
+        description="Feature transport. 'uint8': media workers ship resized uint8 patches (4x fewer bytes) and the "
+        "GPU worker normalises them (ModelAdapter.finish_features); 'float32': the processor's output as is.",
+    )
     request_timeout_s: float = Field(default=120.0, gt=0, description="End-to-end deadline of one request.")
     pool: dict[str, Any] = Field(default_factory=dict, description="Pool section, validated by the pool's own model.")
 

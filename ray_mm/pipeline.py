@@ -83,11 +83,12 @@ class Preprocessor:
             load_spec = MediaSpec("video", spec.index, spec.source, options, spec.request_id)
         proc_options = _processor_options(options)
         self._check_pixel_options(load_spec, proc_options)  # before any fetch: refuse cheaply
+        process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
         try:
             decoded = self.loader.load(load_spec)
             data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
             t0 = time.perf_counter()
-            outputs = self.adapter.process(load_spec.modality, data, proc_options)
+            outputs = self.adapter.process(load_spec.modality, data, process_options)
             process_s = time.perf_counter() - t0
         except MMError:
             raise
@@ -154,7 +155,11 @@ class Preprocessor:
         except Exception as exc:
             return RequestOutcome.failure(rid, InternalError(f"request {rid}: internal error ({type(exc).__name__})"))
         by_meta = {id(p.meta): p for group in processed for p in group}
-        features = [by_meta[id(item.meta)].feature for item in alignment.items]
+        # Dumped features are what the model consumes: uint8 transport is normalised here as the GPU worker would.
+        features = [
+            self.adapter.finish_features(by_meta[id(item.meta)].features)[by_meta[id(item.meta)].primary]
+            for item in alignment.items
+        ]
         timings = {**prepared.timings, "align_s": align_s, "total_s": time.perf_counter() - t0}
         for stage in ("fetch_s", "decode_s", "process_s"):
             timings[stage] = sum(p.meta.timings.get(stage, 0.0) for group in processed for p in group)

@@ -185,6 +185,10 @@ class ModelAdapter(ABC):
         video expands into frames), with numpy arrays.
         """
 
+    def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        """Turn transported features into what the model consumes (identity unless uint8 transport)."""
+        return dict(features)
+
     # ------------------------------------------------------------------ encoder
 
     @abstractmethod

@@ -41,6 +41,13 @@ def _size_from_options(default_size: Any, options: Mapping[str, Any] | None) -> 
     return base
 
 
+def _transport_kwargs(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``transport="uint8"``: stop before rescale/normalise, so patches stay uint8 (4x fewer bytes)."""
+    if options and options.get("transport") == "uint8":
+        return {"do_rescale": False, "do_normalize": False}
+    return {}
+
+
 def _size_dict(size: Any) -> dict[str, int]:
     if isinstance(size, Mapping):
         items = size.items()
@@ -92,6 +99,7 @@ class Qwen2VLAdapter(ModelAdapter):
         size = _size_from_options(ip.size, options)
         if size is not None:
             kwargs["size"] = size
+        kwargs.update(_transport_kwargs(options))
         out = ip(images=[image], return_tensors="pt", **kwargs)
         feats = as_numpy_features(out, ("pixel_values", "image_grid_thw"))
         grid = [int(x) for x in feats["image_grid_thw"][0]]
@@ -114,6 +122,7 @@ class Qwen2VLAdapter(ModelAdapter):
         if size is not None:
             kwargs["size"] = size
         kwargs["do_sample_frames"] = False  # frames arrive already sampled by the media layer
+        kwargs.update(_transport_kwargs(options))
         out = vp(videos=[frames], return_tensors="pt", **kwargs)
         feats = as_numpy_features(out, ("pixel_values_videos", "video_grid_thw"))
         grid = [int(x) for x in feats["video_grid_thw"][0]]
@@ -125,6 +134,44 @@ class Qwen2VLAdapter(ModelAdapter):
             num_tokens=math.prod(grid) // merge**2,
             grid_thw=grid,
         )
+
+    # ------------------------------------------------------------------ uint8 transport
+
+    def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        """Normalise uint8 patches (the opt-in uint8 transport) into the processor's float32 values.
+
+        The processor with ``do_rescale=False, do_normalize=False`` returns the resized pixels
+        already patchified, as uint8. Normalisation is per channel, and patchify only moves
+        values, so it is applied per column here, in float32 with the processor's own fused
+        constants ``(x - mean/rescale) / (std/rescale)``. Works on numpy arrays and on torch
+        tensors (on the GPU worker's device).
+        """
+        out = dict(features)
+        for key, proc in (("pixel_values", self.processor.image_processor),
+                          ("pixel_values_videos", self.processor.video_processor)):
+            value = out.get(key)
+            if value is None or str(getattr(value, "dtype", "")).rsplit(".", 1)[-1] != "uint8":
+                continue
+            shift, scale = self._column_constants(proc)
+            if isinstance(value, np.ndarray):
+                out[key] = (value.astype(np.float32) - shift) / scale
+            else:
+                import torch
+
+                shift_t = torch.from_numpy(shift).to(value.device)
+                scale_t = torch.from_numpy(scale).to(value.device)
+                out[key] = (value.to(torch.float32) - shift_t) / scale_t
+        return out
+
+    @staticmethod
+    def _column_constants(proc: Any) -> tuple[np.ndarray, np.ndarray]:
+        channels = len(proc.image_mean)
+        per_channel = int(proc.temporal_patch_size) * int(proc.patch_size) ** 2
+        rescale = np.float32(proc.rescale_factor)
+        mean = np.asarray(proc.image_mean, dtype=np.float32) / rescale
+        std = np.asarray(proc.image_std, dtype=np.float32) / rescale
+        columns = np.repeat(np.arange(channels), per_channel)
+        return mean[columns].astype(np.float32), std[columns].astype(np.float32)
 
     # ------------------------------------------------------------------ encoder
 

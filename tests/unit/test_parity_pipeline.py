@@ -186,3 +186,32 @@ def test_one_bad_request_does_not_affect_others(qwen2_vl_dir: Path, media_dir: P
     assert [r["ok"] for r in records] == [True, False, True, False]
     assert "more image placeholders" in records[1]["error"]["message"]
     assert "2 image items but only 1" in records[3]["error"]["message"]
+
+
+def test_uint8_transport_normalised_later_matches_processor(qwen2_vl_dir: Path, media_dir: Path) -> None:
+    names = ["odd.jpg", "large.jpg", "cmyk.jpg"]
+    prompt = f"{IMG} {IMG} {VID} {IMG}"
+    line = {"request_id": "u8", "prompt": prompt, "images": [str(media_dir / n) for n in names],
+            "videos": [{"url": str(media_dir / "clip.mp4"), "nframes": 4}]}
+    base = _config(media_dir)
+    pre8 = Preprocessor(qwen2_vl_dir, base.model_copy(update={"transport": "uint8"}))
+    req = pre8.prepare(line)
+    processed = [pre8.process_item(spec) for spec in req.request.items()]
+    shipped = [p for group in processed for p in group]
+    assert all(p.feature.dtype == np.uint8 for p in shipped)  # what travels is uint8: 4x fewer bytes
+    float_pre = Preprocessor(qwen2_vl_dir, base)
+    ref = float_pre.run(line)
+    assert ref.ok
+    out8 = pre8.run(line)
+    assert out8.record["input_ids"] == ref.record["input_ids"]
+    for ours, theirs in zip(out8.features, ref.features, strict=True):
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    # And normalised the way a GPU worker does it, on torch tensors.
+    import torch
+
+    for item in shipped:
+        finished = pre8.adapter.finish_features({k: torch.from_numpy(v) for k, v in item.features.items()})
+        float_item = float_pre.process_item(next(s for s in req.request.items() if s.modality == item.meta.modality
+                                                 and s.index == item.meta.index))[0]
+        np.testing.assert_allclose(finished[item.primary].numpy(), float_item.feature, atol=1e-5, rtol=0)
