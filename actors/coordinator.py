@@ -33,15 +33,21 @@ class ReadyRequest:
     feature_refs: list[tuple[Any, int]]  # per item in prompt order: (ref to the spec's feature list, position)
     placeholder_tokens: int
     pulls: int = 0
+    lease: int = 0  # token of the current lease; set on each pull, named in ack / nack
 
 
 @dataclass
 class _Entry:
     request_id: str
     submitted: float
+    deadline: float
+    prepared: Prepared | None = None
     task: asyncio.Task[None] | None = None
-    refs: list[Any] = field(default_factory=list)
+    refs: list[Any] = field(default_factory=list)  # feature refs of the current dispatch
+    calls: list[Any] = field(default_factory=list)  # metadata refs of media calls not yet answered
     stage: str = "dispatch"
+    has_slot: bool = False  # holds one of the max_feature_requests slots
+    dispatches: int = 0
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
@@ -72,9 +78,15 @@ class Coordinator:
         self.max_ready_seen = 0
         self.cpu_s = 0.0
         self.lease_task: asyncio.Task[None] | None = None
+        # Object-store bound: requests holding feature refs (dispatched, not finished).
+        self.feature_slots = asyncio.Semaphore(self.cfg.feature_request_limit())
+        self.slots_used = 0
+        self.max_slots_used = 0
 
     # -- admission ----------------------------------------------------------
-    async def submit(self, line: Any, fallback_id: str = "?") -> str:
+    async def submit(self, line: Any, fallback_id: str = "?", timeout_s: float | None = None) -> str:
+        """Admit one request. ``timeout_s`` (default ``request_timeout_s``) is its end-to-end deadline;
+        the driver passes what is left of it when it resubmits after a coordinator restart."""
         t_cpu = time.thread_time()
         self._ensure_lease_reaper()
         rid = request_id_of(line, fallback_id)
@@ -83,7 +95,8 @@ class Coordinator:
         if len(self.inflight) >= self.cfg.max_inflight_requests:
             self.counters["saturated"] += 1
             raise PoolSaturatedError(f"pool saturated: {len(self.inflight)} requests in flight (limit {self.cfg.max_inflight_requests})")
-        entry = _Entry(rid, time.monotonic())
+        now = time.monotonic()
+        entry = _Entry(rid, now, now + (self.cfg.request_timeout_s if timeout_s is None else max(0.0, timeout_s)))
         self.inflight[rid] = entry
         metrics.queue_depth("inflight", len(self.inflight))
         try:
@@ -94,18 +107,19 @@ class Coordinator:
             await self._finish(rid, RequestOutcome.failure(rid, exc).record)
             self.cpu_s += time.thread_time() - t_cpu
             return rid
-        entry.task = asyncio.get_running_loop().create_task(self._run(entry, prepared))
+        entry.prepared = prepared
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry))
         self.counters["submitted"] += 1
         self.cpu_s += time.thread_time() - t_cpu
         return rid
 
-    async def _run(self, entry: _Entry, prepared: Prepared) -> None:
+    async def _run(self, entry: _Entry) -> None:
+        """Dispatch, await metadata, align and enqueue, all within the request's deadline."""
         rid = entry.request_id
         try:
-            await asyncio.wait_for(self._dispatch_and_align(entry, prepared), timeout=self.cfg.request_timeout_s)
+            await asyncio.wait_for(self._slot_dispatch_align(entry), timeout=max(0.0, entry.deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            await self._finish(rid, RequestOutcome.failure(rid, RequestTimeoutError(
-                f"request {rid}: not ready within {self.cfg.request_timeout_s:g} s (stage: {entry.stage})")).record)
+            await self._finish(rid, self._timeout_record(entry))
         except asyncio.CancelledError:
             raise
         except MMError as exc:
@@ -114,16 +128,45 @@ class Coordinator:
             await self._finish(rid, RequestOutcome.failure(rid, InternalError(
                 f"request {rid}: coordinator fault ({type(exc).__name__})")).record)
 
+    def _timeout_record(self, entry: _Entry) -> dict[str, Any]:
+        rid = entry.request_id
+        self.counters["timed_out"] += 1
+        return RequestOutcome.failure(rid, RequestTimeoutError(
+            f"request {rid}: not finished within its deadline of {entry.deadline - entry.submitted:g} s "
+            f"(stage: {entry.stage})")).record
+
+    async def _slot_dispatch_align(self, entry: _Entry) -> None:
+        if not entry.has_slot:
+            entry.stage = "feature_slot"
+            await self.feature_slots.acquire()
+            if entry.request_id not in self.inflight:  # finished (cancelled) while waiting
+                self.feature_slots.release()
+                return
+            entry.has_slot = True
+            self.slots_used += 1
+            self.max_slots_used = max(self.max_slots_used, self.slots_used)
+        assert entry.prepared is not None
+        entry.dispatches += 1
+        await self._dispatch_and_align(entry, entry.prepared)
+
     async def _dispatch_and_align(self, entry: _Entry, prepared: Prepared) -> None:
         specs = prepared.request.items()
         calls = []
-        for spec in specs:
-            worker = await self._acquire_worker(content_key(spec.source))
-            meta_ref, feat_ref = self.workers[worker].process.options(num_returns=2).remote(spec)
-            entry.refs.append(feat_ref)
-            calls.append(asyncio.ensure_future(self._await_meta(worker, meta_ref)))
-        entry.stage = "media"
-        metas = await asyncio.gather(*calls)
+        entry.stage = "dispatch"
+        entry.refs, entry.calls = [], []
+        try:
+            for spec in specs:
+                worker = await self._acquire_worker(content_key(spec.source))
+                meta_ref, feat_ref = self.workers[worker].process.options(num_returns=2).remote(spec)
+                entry.refs.append(feat_ref)
+                entry.calls.append(meta_ref)
+                calls.append(asyncio.ensure_future(self._await_meta(worker, meta_ref)))
+            entry.stage = "media"
+            metas = await asyncio.gather(*calls)
+        finally:
+            for call in calls:
+                call.cancel()  # no-op for finished ones; frees the worker slot of the others
+        entry.calls = []
         t_cpu = time.thread_time()
         errors = [m["error"] for m in metas if "error" in m]
         if errors:
@@ -141,6 +184,9 @@ class Coordinator:
         for ms in per_spec:
             for m in ms:
                 self.items_per_node[m.node_id or "?"] += 1
+                hit = bool(m.timings.get("cache_hit"))
+                self.counters["cache_hits" if hit else "cache_misses"] += 1
+                metrics.cache_hit(hit)
         record = success_record(entry.request_id, alignment, timings)
         # Counted from the ids, not from the items, so the GPU-side check is independent of alignment.
         media_tokens = set(self.pre.adapter.placeholder_token_ids.values())
@@ -150,12 +196,22 @@ class Coordinator:
         await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
 
     async def _await_meta(self, worker: int, meta_ref: Any) -> dict[str, Any]:
+        """The item's metadata. Media workers return bad media as a value; a worker that dies is
+        restarted by Ray and the call retried (max_task_retries=-1), so an exception here is rare:
+        a cancelled call, or a worker that cannot come back."""
         try:
             return await meta_ref
+        except ray.exceptions.RayError as exc:  # TaskCancelledError included
+            self.counters["media_call_failed"] += 1
+            return {"error": InternalError(f"media worker {worker} failed ({type(exc).__name__})")}
         finally:
             self.selector.finished(worker)
-            async with self.slot_freed:
-                self.slot_freed.notify_all()
+            # Not awaited here: this finally may run in a task being cancelled.
+            asyncio.get_running_loop().create_task(self._notify_slot())
+
+    async def _notify_slot(self) -> None:
+        async with self.slot_freed:
+            self.slot_freed.notify_all()
 
     async def _acquire_worker(self, key: str | None) -> int:
         async with self.slot_freed:
@@ -175,11 +231,16 @@ class Coordinator:
             self.ready_changed.notify_all()
 
     async def _finish(self, rid: str, record: dict[str, Any]) -> None:
+        """Write the one result of ``rid`` and free everything it holds (task, media calls, slot,
+        queue place, lease, feature refs). A second finish of the same request is ignored."""
         entry = self.inflight.pop(rid, None)
-        if entry is not None:
+        if entry is None:
+            self.counters["late_finish"] += 1
+            return
+        self._release(entry)
+        if record.get("ok"):
             record.setdefault("timings", {})
-            if record.get("ok"):
-                record["timings"]["pool_total_s"] = round(time.monotonic() - entry.submitted, 6)
+            record["timings"]["pool_total_s"] = round(time.monotonic() - entry.submitted, 6)
         metrics.request_done(bool(record.get("ok")))
         for stage, seconds in record.get("timings", {}).items():
             metrics.stage_seconds(stage.removesuffix("_s"), seconds)
@@ -192,6 +253,30 @@ class Coordinator:
         self.results[rid] = record
         async with self.results_changed:
             self.results_changed.notify_all()
+
+    def _release(self, entry: _Entry) -> None:
+        rid = entry.request_id
+        if entry.task is not None and not entry.task.done() and entry.task is not asyncio.current_task():
+            entry.task.cancel()
+        for ref in entry.calls:  # media calls still queued or running: drop them (queued ones never run)
+            try:
+                ray.cancel(ref, force=False)
+            except Exception:
+                pass
+        entry.calls, entry.refs, entry.prepared = [], [], None
+        self.leases.drop(rid)
+        if any(r.request_id == rid for r in self.ready):
+            self.ready = collections.deque(r for r in self.ready if r.request_id != rid)
+            metrics.queue_depth("ready", len(self.ready))
+            asyncio.get_running_loop().create_task(self._notify_ready())
+        if entry.has_slot:
+            entry.has_slot = False
+            self.slots_used -= 1
+            self.feature_slots.release()
+
+    async def _notify_ready(self) -> None:
+        async with self.ready_changed:
+            self.ready_changed.notify_all()
 
     # -- GPU worker side ---------------------------------------------------
     async def pull(self, holder: str, max_n: int, wait_s: float = 1.0) -> list[ReadyRequest]:
@@ -207,22 +292,40 @@ class Coordinator:
             now = time.monotonic()
             while self.ready and len(batch) < max_n:
                 req = self.ready.popleft()
+                if req.request_id not in self.inflight:
+                    continue  # finished (timed out, cancelled) while queued
                 req.pulls += 1
-                self.leases.grant(req.request_id, holder, req, now)
+                req.lease = self.leases.grant(req.request_id, holder, req, now)
+                entry = self.inflight[req.request_id]
+                entry.stage = "gpu"
                 batch.append(req)
             metrics.queue_depth("ready", len(self.ready))
             self.ready_changed.notify_all()
             return batch
 
-    async def ack(self, holder: str, request_id: str, consumer: dict[str, Any]) -> bool:
-        lease = self.leases.ack(request_id, holder)
-        if lease is None:
-            return False  # lease expired and the request went elsewhere
-        record = dict(lease.payload.record)
+    async def ack(self, holder: str, request_id: str, consumer: dict[str, Any], lease: int | None = None) -> bool:
+        lease_ = self.leases.ack(request_id, holder, lease)
+        if lease_ is None:
+            self.counters["stale_ack"] += 1
+            return False  # lease expired and the request went elsewhere (or it finished meanwhile)
+        record = dict(lease_.payload.record)
         record["consumer"] = consumer
         if consumer.get("error"):
             record = {"request_id": request_id, "ok": False, "error": consumer["error"]}
         await self._finish(request_id, record)
+        return True
+
+    async def nack(self, holder: str, request_id: str, lease: int, reason: str) -> bool:
+        """A GPU worker could not read the features (object lost beyond lineage repair, owner gone,
+        read timed out): dispatch the request's media again, within its deadline."""
+        lease_ = self.leases.ack(request_id, holder, lease)
+        entry = self.inflight.get(request_id)
+        if lease_ is None or entry is None or entry.prepared is None:
+            return False
+        self.counters["redispatched"] += 1
+        self.counters[f"nack:{reason}"] += 1
+        entry.refs = []
+        entry.task = asyncio.get_running_loop().create_task(self._run(entry))
         return True
 
     def _ensure_lease_reaper(self) -> None:
@@ -230,12 +333,22 @@ class Coordinator:
             self.lease_task = asyncio.get_running_loop().create_task(self._reap_leases())
 
     async def _reap_leases(self) -> None:
+        """Requeue expired leases; fail requests past their deadline wherever they wait."""
         while True:
-            await asyncio.sleep(min(1.0, self.cfg.lease_s / 4))
-            for rid, req in self.leases.expired(time.monotonic()):
-                if rid in self.inflight:
-                    self.counters["lease_expired"] += 1
-                    await self._enqueue(req, front=True)
+            await asyncio.sleep(min(0.5, self.cfg.lease_s / 4))
+            try:
+                now = time.monotonic()
+                for rid, req in self.leases.expired(now):
+                    if rid in self.inflight:
+                        self.counters["lease_expired"] += 1
+                        self.inflight[rid].stage = "ready_queue"
+                        await self._enqueue(req, front=True)
+                for entry in [e for e in self.inflight.values() if e.deadline <= now]:
+                    if entry.task is not None and not entry.task.done():
+                        continue  # its own wait_for fires at the same deadline
+                    await self._finish(entry.request_id, self._timeout_record(entry))
+            except Exception:  # never let the reaper die; it is restarted by the next call anyway
+                self.counters["reaper_error"] += 1
 
     # -- driver side ---------------------------------------------------------
     async def take_results(self, max_n: int = 256, wait_s: float = 0.5) -> list[dict[str, Any]]:
@@ -251,15 +364,11 @@ class Coordinator:
         return out
 
     async def cancel(self, request_id: str) -> bool:
-        entry = self.inflight.get(request_id)
-        if entry is None:
+        """Finish ``request_id`` with a ``Cancelled`` record, freeing its media calls, slot, queue place,
+        lease and feature refs. False if the request is not in flight here."""
+        if request_id not in self.inflight:
             return False
-        if entry.task is not None:
-            entry.task.cancel()
-        for ref in entry.refs:
-            ray.cancel(ref, force=False)
-        self.leases.drop(request_id)
-        self.ready = collections.deque(r for r in self.ready if r.request_id != request_id)
+        self.counters["cancelled"] += 1
         await self._finish(request_id, {"request_id": request_id, "ok": False,
                                         "error": {"type": "Cancelled", "message": f"request {request_id}: cancelled", "status": 499}})
         return True
@@ -271,6 +380,12 @@ class Coordinator:
             "ready": len(self.ready),
             "max_ready_seen": self.max_ready_seen,
             "leased": len(self.leases),
+            "lease_holders": self.leases.holders(),
+            "held_feature_refs": sum(len(e.refs) for e in self.inflight.values()),
+            "media_calls_open": sum(len(e.calls) for e in self.inflight.values()),
+            "feature_slots_used": self.slots_used,
+            "feature_slots_limit": self.cfg.feature_request_limit(),
+            "max_feature_slots_used": self.max_slots_used,
             "results_waiting": len(self.results),
             "counters": dict(self.counters),
             "items_per_node": dict(self.items_per_node),

@@ -76,6 +76,12 @@ class RayMMConfig(_Strict):
         description="Feature transport. 'uint8': media workers ship resized uint8 patches (4x fewer bytes) and the "
         "GPU worker normalises them (ModelAdapter.finish_features); 'float32': the processor's output as is.",
     )
+    cache_bytes: int = Field(
+        default=256 << 20,
+        ge=0,
+        description="Per-process LRU of processed items keyed by content hash (bytes + options), bounded by "
+        "feature bytes; a repeat is fetched but not decoded again. 0 disables it.",
+    )
     request_timeout_s: float = Field(default=120.0, gt=0, description="End-to-end deadline of one request.")
     pool: dict[str, Any] = Field(default_factory=dict, description="Pool section, validated by the pool's own model.")
 

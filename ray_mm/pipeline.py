@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .align import align
+from .cache import FeatureCache
 from .config import RayMMConfig
 from .errors import InternalError, MediaLimitError, MMError, RequestError
 from .media import DecodedVideo, MediaLoader
@@ -41,6 +42,7 @@ class Preprocessor:
         self.config = config or RayMMConfig()
         self.adapter: ModelAdapter = load_adapter(model_dir, adapter)
         self.loader = MediaLoader(self.config)
+        self.cache = FeatureCache(self.config.cache_bytes)
 
     # -- coordinator side -------------------------------------------------
     def prepare(self, line: Any, fallback_id: str = "?") -> Prepared:
@@ -84,8 +86,19 @@ class Preprocessor:
         proc_options = _processor_options(options)
         self._check_pixel_options(load_spec, proc_options)  # before any fetch: refuse cheaply
         process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
+        cache_key = None
+        if self.cache.max_bytes and not self.loader.is_in_process(load_spec):
+            fetched = self.loader.fetch(load_spec)
+            cache_key = (fetched.content_hash, self.adapter.name, self.config.transport, load_spec.modality)
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                for item in cached:
+                    item.meta.index = spec.index
+                    item.meta.source_index = spec.index if item.meta.source_index is not None else None
+                    item.meta.timings = {"fetch_s": fetched.fetch_s, "decode_s": 0.0, "process_s": 0.0, "cache_hit": 1.0}
+                return cached
         try:
-            decoded = self.loader.load(load_spec)
+            decoded = self.loader.decode(load_spec, fetched) if cache_key is not None else self.loader.load(load_spec)
             data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
             t0 = time.perf_counter()
             outputs = self.adapter.process(load_spec.modality, data, process_options)
@@ -116,6 +129,8 @@ class Preprocessor:
                 timings={**decoded.timings, "process_s": process_s / len(outputs)},
             )
             results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary))
+        if cache_key is not None:
+            self.cache.put(cache_key, results)
         return results
 
     def _check_pixel_options(self, spec: MediaSpec, options: dict[str, Any]) -> None:

@@ -31,6 +31,13 @@ PRECOMPUTED_FORMATS = frozenset({"processor_output", "precomputed_embedding"})
 
 
 @dataclass
+class FetchedMedia:
+    data: bytes
+    content_hash: str
+    fetch_s: float
+
+
+@dataclass
 class DecodedMedia:
     modality: Modality
     data: Image.Image | DecodedVideo | np.ndarray
@@ -97,9 +104,22 @@ class MediaLoader:
         self._check_spec(spec)
         if _is_in_process(spec.source):
             return self._in_process(spec)
+        return self.decode(spec, self.fetch(spec))
+
+    def fetch(self, spec: MediaSpec) -> FetchedMedia:
+        """Fetch only (for sources that are not in-process objects); the hash is known from here on."""
+        self._check_spec(spec)
         t0 = time.perf_counter()
         data = self._guard(lambda: self.connector.fetch(spec.source, spec.label), spec, MediaFetchError)
-        return self._decode(spec, data, time.perf_counter() - t0)
+        digest = hashlib.sha256(data).digest()
+        return FetchedMedia(data, content_hash(digest, spec.options or {}), time.perf_counter() - t0)
+
+    def decode(self, spec: MediaSpec, fetched: FetchedMedia) -> DecodedMedia:
+        return self._decode(spec, fetched.data, fetched.fetch_s, fetched.content_hash)
+
+    @staticmethod
+    def is_in_process(spec: MediaSpec) -> bool:
+        return _is_in_process(spec.source)
 
     async def load_async(self, spec: MediaSpec) -> DecodedMedia:
         """Async fetch on the loop; decoding (CPU-bound) runs in a worker thread."""
@@ -134,7 +154,7 @@ class MediaLoader:
         except Exception as exc:
             raise wrap(f"{spec.label}: {type(exc).__name__}: {exc}") from None
 
-    def _decode(self, spec: MediaSpec, data: bytes, fetch_s: float) -> DecodedMedia:
+    def _decode(self, spec: MediaSpec, data: bytes, fetch_s: float, known_hash: str | None = None) -> DecodedMedia:
         t0 = time.perf_counter()
         opts = spec.options or {}
         if spec.modality == "image":
@@ -144,8 +164,8 @@ class MediaLoader:
         else:
             decoded = self._guard(lambda: self.audio_io.load_bytes(data, label=spec.label), spec, MediaDecodeError)
         decode_s = time.perf_counter() - t0
-        digest = hashlib.sha256(data).digest()
-        return DecodedMedia(spec.modality, decoded, content_hash(digest, opts), {"fetch_s": fetch_s, "decode_s": decode_s})
+        chash = known_hash or content_hash(hashlib.sha256(data).digest(), opts)
+        return DecodedMedia(spec.modality, decoded, chash, {"fetch_s": fetch_s, "decode_s": decode_s})
 
     def _in_process(self, spec: MediaSpec) -> DecodedMedia:
         t0 = time.perf_counter()
