@@ -38,7 +38,10 @@ class VisionTowerConsumer:
         rows = 0
         with self.torch.inference_mode():
             for item in features:
-                rows += int(self.adapter.encode(self.module, item).shape[0])
+                if "embedding" in item:  # precomputed_embedding: already the encoder's output
+                    rows += int(item["embedding"].shape[0])
+                else:
+                    rows += int(self.adapter.encode(self.module, item).shape[0])
         return rows
 
 

@@ -20,8 +20,9 @@ from .align import align
 from .cache import FeatureCache
 from .config import RayMMConfig
 from .errors import InternalError, MediaLimitError, MMError, RequestError
-from .media import DecodedVideo, MediaLoader
+from .media import DecodedVideo, MediaLoader, is_precomputed
 from .models import ModelAdapter, load_adapter
+from .precomputed import precomputed_features
 from .request import parse_request, request_id_of
 from .types import MODALITIES, Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
 
@@ -86,6 +87,8 @@ class Preprocessor:
         proc_options = _processor_options(options)
         self._check_pixel_options(load_spec, proc_options)  # before any fetch: refuse cheaply
         process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
+        if is_precomputed(load_spec.source):
+            return [self._precomputed_item(spec)]
         cache_key = None
         if self.cache.max_bytes and not self.loader.is_in_process(load_spec):
             fetched = self.loader.fetch(load_spec)
@@ -132,6 +135,18 @@ class Preprocessor:
         if cache_key is not None:
             self.cache.put(cache_key, results)
         return results
+
+    def _precomputed_item(self, spec: MediaSpec) -> ProcessedItem:
+        t0 = time.perf_counter()
+        merge = getattr(self.adapter, "merge_size", None)
+        out, content_hash = precomputed_features(spec, int(merge) if merge else None)
+        primary = out.features[out.primary]
+        meta = ItemMeta(
+            modality=out.modality, index=spec.index, num_tokens=out.num_tokens, grid_thw=out.grid_thw, hash=content_hash,
+            feature_shape=[int(x) for x in primary.shape], feature_dtype=str(primary.dtype),
+            timings={"fetch_s": 0.0, "decode_s": 0.0, "process_s": time.perf_counter() - t0},
+        )
+        return ProcessedItem(meta=meta, features=out.features, primary=out.primary)
 
     def _check_pixel_options(self, spec: MediaSpec, options: dict[str, Any]) -> None:
         """Client resize options must be positive integers, and may not upscale past the pixel caps.
