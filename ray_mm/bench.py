@@ -267,29 +267,6 @@ def _rename(lines: list[tuple[str, dict[str, Any]]], prefix: str) -> list[tuple[
 
 # --------------------------------------------------------------------------- pipelines
 
-def _process_decoded(pre: Any, spec: Any, decoded: Any) -> list[Any]:
-    """``Preprocessor.process_item`` after its ``loader.load`` step (same code, split for threading)."""
-    from .media import DecodedVideo
-    from .pipeline import _processor_options, _sub_hash
-    from .types import ItemMeta
-
-    data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
-    t0 = time.perf_counter()
-    outputs = pre.adapter.process(spec.modality, data, _processor_options(spec.options))
-    process_s = time.perf_counter() - t0
-    metas = []
-    for k, out in enumerate(outputs):
-        primary = out.features[out.primary]
-        metas.append(ItemMeta(
-            modality=out.modality, index=spec.index, num_tokens=int(out.num_tokens),
-            grid_thw=[int(x) for x in out.grid_thw] if out.grid_thw is not None else None,
-            hash=decoded.content_hash if len(outputs) == 1 else _sub_hash(decoded.content_hash, k),
-            feature_shape=[int(x) for x in primary.shape], feature_dtype=str(primary.dtype),
-            timings={**decoded.timings, "process_s": process_s / len(outputs)},
-        ))
-    return metas
-
-
 def run_sglang_style(w: Workload, io_threads: int = SGLANG_IO_THREADS) -> RunResult:
     """One process: thread-pool fetch+decode, processor inline (FIFO), then alignment."""
     from .errors import InternalError, MMError
@@ -307,7 +284,7 @@ def run_sglang_style(w: Workload, io_threads: int = SGLANG_IO_THREADS) -> RunRes
     for rid, line in w.lines:  # every request arrives at t0: tokenize, queue its fetch+decode
         try:
             prepared = pre.prepare(line, rid)
-            futures = [executor.submit(pre.loader.load, spec) for spec in prepared.request.items()]
+            futures = [executor.submit(pre.loader.load, pre.resolve_spec(spec)[0]) for spec in prepared.request.items()]
             jobs.append((rid, prepared, futures, None))
         except MMError as exc:
             jobs.append((rid, None, [], exc))
@@ -316,7 +293,8 @@ def run_sglang_style(w: Workload, io_threads: int = SGLANG_IO_THREADS) -> RunRes
         try:
             if error is not None:
                 raise error
-            per_spec = [_process_decoded(pre, spec, fut.result()) for spec, fut in zip(prepared.request.items(), futures)]
+            per_spec = [[p.meta for p in pre.process_decoded(spec, fut.result())]
+                        for spec, fut in zip(prepared.request.items(), futures)]
             alignment = pre.align_request(prepared, per_spec)
             record = success_record(rid, alignment, {})
         except MMError as exc:
@@ -518,6 +496,9 @@ def compute_targets(result: dict[str, Any]) -> dict[str, Any]:
         "image_1080p_vs_hf_pil": _target(3.5, img["ray_mm"] / img["hf_pil"], unit="x"),
         "video_clips_per_core": _target(8.0, micro["video_clips_per_core_per_s"], unit="clips/s/core"),
         "align_fast_vs_legacy": _target(5.0, micro["align_fast_vs_legacy_32k"], unit="x"),
+        **({"pool_uint8_vs_sglang_throughput": _target(
+            1.8, p["pool_uint8"]["requests_per_s"] / sg["requests_per_s"], unit="x req/s (opt-in uint8 transport)")}
+           if p.get("pool_uint8", {}).get("requests_per_s") else {}),
         "coordinator_cpu_ms_per_request_4img": _target(
             0.5, pool.get("coordinator_4img_cpu_ms_per_request", pool["coordinator_cpu_ms_per_request"]),
             higher_is_better=False, unit="ms"),
@@ -554,11 +535,11 @@ def _start_cluster() -> Any:
 
 
 def _guarded(fn: Any, log: Any) -> dict[str, Any]:
-    """The audio sub-workload is extra: a failure there is reported, not fatal."""
+    """Extra sub-workloads (audio, uint8 transport): a failure there is reported, not fatal."""
     try:
         return fn()
     except Exception as exc:
-        log(f"audio sub-workload failed: {type(exc).__name__}: {exc}")
+        log(f"extra sub-workload failed: {type(exc).__name__}: {exc}")
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -594,6 +575,9 @@ def run_pipelines(work: Path, quick: bool, n_image: int, n_video: int, n_audio: 
             out["pipelines"]["pool"] = run_pool(vision, 2, "pool", coord, idle_s=1.0 if quick else 3.0).summary()
             if audio:
                 out["audio"]["pool"] = _guarded(lambda: run_pool(audio, 2, "pool").summary(), log)
+            log("pool (2 workers, uint8 transport) ...")
+            vision_u8 = Workload("vision_uint8", model, core.model_copy(update={"transport": "uint8"}), vision.lines)
+            out["pipelines"]["pool_uint8"] = _guarded(lambda: run_pool(vision_u8, 2, "pool_uint8").summary(), log)
             log("pool (1 worker) ...")
             out["pipelines"]["pool_1worker"] = run_pool(vision, 1, "pool_1worker").summary()
         finally:

@@ -20,7 +20,7 @@ from .align import align
 from .cache import FeatureCache
 from .config import RayMMConfig
 from .errors import InternalError, MediaLimitError, MMError, RequestError
-from .media import DecodedVideo, MediaLoader, is_precomputed
+from .media import DecodedMedia, DecodedVideo, MediaLoader, is_precomputed
 from .models import ModelAdapter, load_adapter
 from .precomputed import precomputed_features
 from .request import parse_request, request_id_of
@@ -77,8 +77,8 @@ class Preprocessor:
         )
 
     # -- media worker side --------------------------------------------------
-    def process_item(self, spec: MediaSpec) -> list[ProcessedItem]:
-        """Fetch, decode and run the processor on one media entry."""
+    def resolve_spec(self, spec: MediaSpec) -> tuple[MediaSpec, dict[str, Any]]:
+        """The spec to load (a video among images for frame-expanding adapters) and its checked processor options."""
         load_spec, options = spec, spec.options
         if spec.modality == "image" and options.get("kind") == "video" and self.adapter.expand_video_as_frames:
             # MiniCPM-V style: a video among the images, decoded into frames that each take an image placeholder.
@@ -86,22 +86,40 @@ class Preprocessor:
             load_spec = MediaSpec("video", spec.index, spec.source, options, spec.request_id)
         proc_options = _processor_options(options)
         self._check_pixel_options(load_spec, proc_options)  # before any fetch: refuse cheaply
-        process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
+        return load_spec, proc_options
+
+    def process_item(self, spec: MediaSpec) -> list[ProcessedItem]:
+        """Fetch, decode and run the processor on one media entry."""
+        load_spec, proc_options = self.resolve_spec(spec)
         if is_precomputed(load_spec.source):
             return [self._precomputed_item(spec)]
-        cache_key = None
-        if self.cache.max_bytes and not self.loader.is_in_process(load_spec):
-            fetched = self.loader.fetch(load_spec)
-            cache_key = (fetched.content_hash, self.adapter.name, self.config.transport, load_spec.modality)
-            cached = self.cache.get(cache_key)
-            if cached is not None:
-                for item in cached:
-                    item.meta.index = spec.index
-                    item.meta.source_index = spec.index if item.meta.source_index is not None else None
-                    item.meta.timings = {"fetch_s": fetched.fetch_s, "decode_s": 0.0, "process_s": 0.0, "cache_hit": 1.0}
-                return cached
+        if not self.cache.max_bytes or self.loader.is_in_process(load_spec):
+            return self.process_decoded(spec, self.loader.load(load_spec), load_spec, proc_options)
+        fetched = self.loader.fetch(load_spec)
+        cache_key = (fetched.content_hash, self.adapter.name, self.config.transport, load_spec.modality)
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+            for item in cached:
+                item.meta.index = spec.index
+                item.meta.source_index = spec.index if item.meta.source_index is not None else None
+                item.meta.timings = {"fetch_s": fetched.fetch_s, "decode_s": 0.0, "process_s": 0.0, "cache_hit": 1.0}
+            return cached
+        results = self.process_decoded(spec, self.loader.decode(load_spec, fetched), load_spec, proc_options)
+        self.cache.put(cache_key, results)
+        return results
+
+    def process_decoded(
+        self,
+        spec: MediaSpec,
+        decoded: DecodedMedia,
+        load_spec: MediaSpec | None = None,
+        proc_options: dict[str, Any] | None = None,
+    ) -> list[ProcessedItem]:
+        """Run the processor on an already decoded item and build its metadata."""
+        if load_spec is None or proc_options is None:
+            load_spec, proc_options = self.resolve_spec(spec)
+        process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
         try:
-            decoded = self.loader.decode(load_spec, fetched) if cache_key is not None else self.loader.load(load_spec)
             data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
             t0 = time.perf_counter()
             outputs = self.adapter.process(load_spec.modality, data, process_options)
@@ -119,6 +137,7 @@ class Preprocessor:
         for k, out in enumerate(outputs):
             content_hash = decoded.content_hash if len(outputs) == 1 else _sub_hash(decoded.content_hash, k)
             primary = out.features[out.primary]
+            expanded = out.modality != load_spec.modality
             meta = ItemMeta(
                 modality=out.modality,
                 index=spec.index,
@@ -127,13 +146,11 @@ class Preprocessor:
                 hash=content_hash,
                 feature_shape=[int(x) for x in primary.shape],
                 feature_dtype=str(primary.dtype),
-                source_modality=load_spec.modality if out.modality != load_spec.modality else None,
-                source_index=spec.index if out.modality != load_spec.modality else None,
+                source_modality=load_spec.modality if expanded else None,
+                source_index=spec.index if expanded else None,
                 timings={**decoded.timings, "process_s": process_s / len(outputs)},
             )
             results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary))
-        if cache_key is not None:
-            self.cache.put(cache_key, results)
         return results
 
     def _precomputed_item(self, spec: MediaSpec) -> ProcessedItem:
