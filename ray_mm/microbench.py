@@ -141,6 +141,8 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
             "hf_pil": lambda: hf_pil(images=[decode()], return_tensors="np"),
             "hf_fast": lambda: hf_fast(images=[decode()], return_tensors="pt"),
             "ray_mm": lambda: adapter.process("image", image_io.load_bytes(jpeg)),
+            # Opt-in uint8 transport: the CPU side stops before rescale/normalise (done on the GPU worker).
+            "ray_mm_uint8": lambda: adapter.process("image", image_io.load_bytes(jpeg), {"transport": "uint8"}),
         }
         for name, fn in runs.items():
             out[name], out[f"{name}_ms"] = _mean_rate(fn, n)
@@ -149,6 +151,7 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     out["feature_shape"] = list(feats.features["pixel_values"].shape)
     out["feature_mb"] = feats.features["pixel_values"].nbytes / 1e6
     out["ray_mm_vs_hf_pil"] = out["ray_mm"] / out["hf_pil"]
+    out["ray_mm_uint8_vs_hf_pil"] = out["ray_mm_uint8"] / out["hf_pil"]
     return out
 
 
