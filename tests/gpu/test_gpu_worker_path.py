@@ -1,0 +1,48 @@
+"""GPU-side checks (skipped without CUDA): device transfer of object-store features,
+uint8 normalisation on the device, and the vision tower's embedding count."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+IMG = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def _image_item(model_dir: Path, tmp_path: Path, transport: str):  # noqa: ANN202
+    from ray_mm.config import MediaPolicy, RayMMConfig
+    from ray_mm.pipeline import Preprocessor
+    from ray_mm.synth import make_image
+
+    (tmp_path / "a.jpg").write_bytes(make_image(1280, 720, seed=5))
+    config = RayMMConfig(media=MediaPolicy(allowed_local_media_path=str(tmp_path)), transport=transport)
+    pre = Preprocessor(model_dir, config)
+    req = pre.prepare({"request_id": "g", "prompt": IMG, "images": [str(tmp_path / "a.jpg")]})
+    return pre, pre.process_item(req.request.items()[0])[0]
+
+
+def test_uint8_normalised_on_gpu_matches_processor(qwen2_vl_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    pre, item = _image_item(qwen2_vl_dir, tmp_path, "uint8")
+    on_device = {k: torch.from_numpy(v).pin_memory().to("cuda", non_blocking=True) for k, v in item.features.items()}
+    finished = pre.adapter.finish_features(on_device)
+    assert finished["pixel_values"].device.type == "cuda"
+    processor = AutoProcessor.from_pretrained(str(qwen2_vl_dir), local_files_only=True)
+    ref = processor.image_processor(images=[Image.open(io.BytesIO((tmp_path / "a.jpg").read_bytes()))], return_tensors="np")
+    np.testing.assert_allclose(finished["pixel_values"].cpu().numpy(), ref["pixel_values"], atol=1e-5, rtol=0)
+
+
+def test_vision_tower_on_gpu_gives_one_row_per_token(qwen2_vl_dir: Path, tmp_path: Path) -> None:
+    pre, item = _image_item(qwen2_vl_dir, tmp_path, "float32")
+    module = pre.adapter.build_encoder().to("cuda")
+    features = {k: torch.from_numpy(v).to("cuda") for k, v in item.features.items()}
+    rows = pre.adapter.encode(module, features)
+    assert rows.device.type == "cuda" and rows.shape[0] == item.meta.num_tokens
