@@ -59,4 +59,17 @@ class MediaWorker:
             "processed": self.processed,
             "pid": os.getpid(),
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "rss_kb": _rss_kb(),
         }
+
+
+def _rss_kb() -> int | None:
+    """Resident set size now (VmRSS), Linux only."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -18,7 +19,6 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import MMError, PoolSaturatedError
 from ray_mm.pool_config import PoolConfig
-from ray_mm.request import request_id_of
 
 from .coordinator import Coordinator
 from .gpu_worker import GpuWorker
@@ -44,9 +44,13 @@ class Pool:
         self.config = config or RayMMConfig()
         self.cfg = pool_config or PoolConfig()
         self.adapter = adapter
-        self.pending: dict[str, Any] = {}
+        self.pending: dict[str, _Pending] = {}
         self.emitted: set[str] = set()
+        self._local: list[dict[str, Any]] = []  # records written by the driver itself
         self.resubmitted = 0
+        self.restarts_seen = 0
+        self.driver_timeouts = 0
+        self.duplicates_dropped = 0
         self._start()
 
     # -- lifecycle ---------------------------------------------------------
@@ -112,26 +116,51 @@ class Pool:
     # -- requests ------------------------------------------------------------
     def submit(self, line: Any, fallback_id: str = "?") -> str:
         """Admit one request; raises ``PoolSaturatedError`` past the admission limit."""
-        rid = request_id_of(line, fallback_id)
-        try:
-            rid = ray.get(self.coordinator.submit.remote(line, fallback_id))
-        except RayTaskError as exc:
-            raise _unwrap(exc) from None
-        self.pending[rid] = (line, fallback_id)
+        rid = self._submit_remote(line, fallback_id, None)
+        self.pending[rid] = _Pending(line, fallback_id, time.monotonic() + self.cfg.request_timeout_s)
         return rid
 
-    def cancel(self, request_id: str) -> bool:
-        return bool(ray.get(self.coordinator.cancel.remote(request_id)))
+    def _submit_remote(self, line: Any, fallback_id: str, timeout_s: float | None) -> str:
+        try:
+            return str(ray.get(self.coordinator.submit.remote(line, fallback_id, timeout_s)))
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None
 
-    def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = ray.get(self.coordinator.stats.remote())
-        out["gpu_workers"] = ray.get([w.stats.remote() for w in self.gpu_workers])
-        out["media_workers"] = ray.get([w.stats.remote() for w in self.media_workers])
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a pending request: its record becomes ``Cancelled`` (status 499), written once."""
+        if ray.get(self.coordinator.cancel.remote(request_id)):
+            return True
+        pending = self.pending.get(request_id)
+        if pending is not None and pending.needs_submit:  # lost with a coordinator, not resubmitted yet
+            self._emit_local(request_id, "Cancelled", f"request {request_id}: cancelled", 499)
+            return True
+        return False
+
+    def stats(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        out: dict[str, Any] = ray.get(self.coordinator.stats.remote(), timeout=timeout_s)
+        out["gpu_workers"] = self._actor_stats(self.gpu_workers, timeout_s)
+        out["media_workers"] = self._actor_stats(self.media_workers, timeout_s)
         out["resubmitted"] = self.resubmitted
+        out["driver_timeouts"] = self.driver_timeouts
+        return out
+
+    @staticmethod
+    def _actor_stats(actors: list[Any], timeout_s: float) -> list[dict[str, Any]]:
+        refs = [a.stats.remote() for a in actors]
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=timeout_s))
+            except (GetTimeoutError, RayActorError) as exc:  # restarting: no stats now
+                out.append({"error": type(exc).__name__})
         return out
 
     def results(self, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yield one record per submitted request, as they finish, until none is pending."""
+        """Yield one record per submitted request, as they finish, until none is pending.
+
+        Bounded even when results are lost: a request still pending ``driver_grace_s`` past its
+        deadline gets a ``RequestTimeoutError`` (504) record written by the driver.
+        """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.pending:
             if deadline is not None and time.monotonic() > deadline:
@@ -144,31 +173,67 @@ class Pool:
         except (RayActorError, RayTaskError):
             records = []
         self._resubmit_if_restarted()
+        self._expire_overdue()
         out = []
-        for rec in records:
+        for rec in [*records, *self._local]:
             rid = rec["request_id"]
             if rid in self.emitted:
+                self.duplicates_dropped += 1
                 continue
             self.emitted.add(rid)
             self.pending.pop(rid, None)
             out.append(rec)
+        self._local = []
         return out
+
+    def _emit_local(self, rid: str, error_type: str, message: str, status: int) -> None:
+        self._local.append({"request_id": rid, "ok": False, "error": {"type": error_type, "message": message, "status": status}})
+        if rid in self.pending:
+            self.pending[rid].needs_submit = False
+
+    def _expire_overdue(self) -> None:
+        """Requests whose result never came (lost with a coordinator): a 504 record, and a best-effort cancel."""
+        now = time.monotonic()
+        for rid, p in list(self.pending.items()):
+            if now > p.deadline + self.cfg.driver_grace_s and not any(r["request_id"] == rid for r in self._local):
+                self.driver_timeouts += 1
+                self._emit_local(rid, "RequestTimeoutError",
+                                 f"request {rid}: no result within {self.cfg.request_timeout_s:g} s (driver deadline)", 504)
+                self.coordinator.cancel.remote(rid)  # not awaited; its Cancelled record is deduplicated
 
     def _resubmit_if_restarted(self) -> None:
         try:
             incarnation = ray.get(self.coordinator.incarnation_id.remote())
         except RayActorError:
             return
-        if incarnation == self.incarnation:
-            return
-        self.incarnation = incarnation
-        for line, fallback in list(self.pending.values()):
+        if incarnation != self.incarnation:
+            self.incarnation = incarnation
+            self.restarts_seen += 1
+            for p in self.pending.values():
+                p.needs_submit = True
+        self._resubmit_missing()
+
+    def _resubmit_missing(self) -> None:
+        """Resubmit what a restarted coordinator lost, with what is left of each deadline; stop at
+        saturation and go on at the next poll (nothing is dropped)."""
+        for rid, p in list(self.pending.items()):
+            if not p.needs_submit:
+                continue
+            left = p.deadline - time.monotonic()
+            if left <= 0:
+                self._emit_local(rid, "RequestTimeoutError",
+                                 f"request {rid}: deadline passed while the coordinator restarted", 504)
+                continue
             try:
-                ray.get(self.coordinator.submit.remote(line, fallback))
+                self._submit_remote(p.line, p.fallback, left)
                 self.resubmitted += 1
-            except RayTaskError as exc:
-                if not isinstance(_unwrap(exc), MMError):
-                    raise
+            except PoolSaturatedError:
+                return
+            except MMError:
+                pass  # already in the pool (submitted to the new incarnation already)
+            except RayActorError:
+                return
+            p.needs_submit = False
 
     def run(self, lines: Iterable[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
         """Submit all lines with backpressure (wait when saturated) and yield every result."""
@@ -180,3 +245,13 @@ class Pool:
                 except PoolSaturatedError:
                     yield from self._poll(wait_s=0.2)
         yield from self.results()
+
+
+@dataclass
+class _Pending:
+    """A submitted line kept until its record is emitted (for resubmission after a coordinator restart)."""
+
+    line: Any
+    fallback: str
+    deadline: float  # monotonic; request_timeout_s after the first admission
+    needs_submit: bool = False

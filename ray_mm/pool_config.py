@@ -55,6 +55,30 @@ class PoolConfig(BaseModel):
     )
     consumer_delay_s: float = Field(default=0.0, ge=0, description="Extra sleep per consumed request (tests of backpressure).")
     min_pool_wait_s: float = Field(default=60.0, gt=0, description="How long to wait for the minimum pool to be placed.")
+    max_feature_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Object-store bound: requests whose features may be in the store at once (dispatched to media "
+        "workers and not yet acknowledged or failed). A request waits for a slot before dispatch. Store use is then "
+        "at most this times the largest request's feature bytes. None: ready_queue_size + gpu_workers * "
+        "pull_batch_size + cpu_workers * max_inflight_per_worker (enough to keep every stage busy).",
+    )
+    driver_grace_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Slack the driver allows past request_timeout_s before it writes a RequestTimeoutError record "
+        "itself (for a request whose result was lost with the coordinator, for example).",
+    )
+
+    def feature_request_limit(self) -> int:
+        """The effective ``max_feature_requests``."""
+        if self.max_feature_requests is not None:
+            return self.max_feature_requests
+        return (
+            self.ready_queue_size
+            + self.gpu_workers * self.pull_batch_size
+            + self.cpu_workers * self.max_inflight_per_worker
+        )
 
 
 def load_pool_config(path: str | Path | None) -> tuple[RayMMConfig, PoolConfig]:

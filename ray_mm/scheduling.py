@@ -57,22 +57,32 @@ class Lease(Generic[T]):
     holder: str
     deadline: float
     payload: T
+    token: int = 0
 
 
 @dataclass
 class LeaseTable(Generic[T]):
-    """Requests pulled by GPU workers and not yet acknowledged."""
+    """Requests pulled by GPU workers and not yet acknowledged.
+
+    Every grant gets a fresh ``token``. An ack or nack must name both the holder and
+    the token, so a late answer for a lease that was taken back (and maybe granted
+    again, even to a restarted worker of the same name) is ignored.
+    """
 
     lease_s: float
     leases: dict[str, Lease[T]] = field(default_factory=dict)
+    next_token: int = 1
 
-    def grant(self, request_id: str, holder: str, payload: T, now: float) -> None:
-        self.leases[request_id] = Lease(holder, now + self.lease_s, payload)
+    def grant(self, request_id: str, holder: str, payload: T, now: float) -> int:
+        token = self.next_token
+        self.next_token += 1
+        self.leases[request_id] = Lease(holder, now + self.lease_s, payload, token)
+        return token
 
-    def ack(self, request_id: str, holder: str) -> Lease[T] | None:
+    def ack(self, request_id: str, holder: str, token: int | None = None) -> Lease[T] | None:
         """Release a lease; an ack from a holder whose lease was taken back is ignored."""
         lease = self.leases.get(request_id)
-        if lease is None or lease.holder != holder:
+        if lease is None or lease.holder != holder or (token is not None and lease.token != token):
             return None
         return self.leases.pop(request_id)
 
@@ -83,6 +93,13 @@ class LeaseTable(Generic[T]):
 
     def drop(self, request_id: str) -> Lease[T] | None:
         return self.leases.pop(request_id, None)
+
+    def holders(self) -> dict[str, str]:
+        """request_id -> holder, for inspection."""
+        return {rid: lease.holder for rid, lease in self.leases.items()}
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self.leases
 
     def __len__(self) -> int:
         return len(self.leases)
