@@ -76,6 +76,11 @@ class RayMMConfig(_Strict):
         description="Feature transport. 'uint8': media workers ship resized uint8 patches (4x fewer bytes) and the "
         "GPU worker normalises them (ModelAdapter.finish_features); 'float32': the processor's output as is.",
     )
+    jpeg_draft: bool = Field(
+        default=False,
+        description="Opt-in DCT-scaled JPEG decode: decode at 1/2, 1/4 or 1/8 scale when that still covers the "
+        "processor's target size. Faster; pixels differ slightly from a full decode (see BENCHMARKS.md).",
+    )
     cache_bytes: int = Field(
         default=256 << 20,
         ge=0,

@@ -44,6 +44,9 @@ class Preprocessor:
         self.adapter: ModelAdapter = load_adapter(model_dir, adapter)
         self.loader = MediaLoader(self.config)
         self.cache = FeatureCache(self.config.cache_bytes)
+        target = getattr(self.adapter, "image_target_size", None)
+        if self.config.jpeg_draft and target is not None:
+            self.loader.image_draft_size = _draft_size(target)
 
     # -- coordinator side -------------------------------------------------
     def prepare(self, line: Any, fallback_id: str = "?") -> Prepared:
@@ -219,6 +222,18 @@ _LOADER_OPTIONS = frozenset({"fps", "nframes", "min_frames", "max_frames", "kind
 def _processor_options(options: dict[str, Any]) -> dict[str, Any]:
     """Per-item options meant for the processor (sampling options are the loader's)."""
     return {k: v for k, v in options.items() if k not in _LOADER_OPTIONS}
+
+
+def _draft_size(target: Any) -> Any:
+    """Draft request in the file's raw orientation: the processor's target, axes swapped back if EXIF rotates."""
+
+    def size(width: int, height: int, swapped: bool) -> tuple[int, int]:
+        if swapped:
+            tw, th = target(height, width)
+            return th, tw
+        return tuple(target(width, height))
+
+    return size
 
 
 def group_items(specs: list[MediaSpec], per_spec: list[list[ItemMeta]]) -> dict[str, list[ItemMeta]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,16 @@ class ImageMediaIO(MediaIO[Image.Image]):
         # Image.open raise KeyError for every non-image input instead of UnidentifiedImageError.
         self._formats = openable_formats(policy.image_formats)
 
-    def load_bytes(self, data: bytes, *, label: str = DEFAULT_LABEL, options: dict[str, Any] | None = None) -> Image.Image:
+    def load_bytes(
+        self,
+        data: bytes,
+        *,
+        label: str = DEFAULT_LABEL,
+        options: dict[str, Any] | None = None,
+        draft_size: Callable[[int, int, bool], tuple[int, int]] | None = None,
+    ) -> Image.Image:
+        """Decode to RGB. ``draft_size(w, h, swapped)`` opts into DCT-scaled JPEG decode: the
+        decoder may shrink by 1/2, 1/4 or 1/8 while staying at least that size (raw orientation)."""
         if not data:
             raise MediaDecodeError(f"{label}: empty image data")
         try:
@@ -45,6 +55,8 @@ class ImageMediaIO(MediaIO[Image.Image]):
                 # Image.open reads only the header; ``formats`` stops Pillow trying other plugins.
                 img = Image.open(io.BytesIO(data), formats=self._formats)
             self._check_pixels(img.width, img.height, label)
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", draft_size(img.width, img.height, _swaps_axes(img)))
             img.load()  # the actual decode, after the cap
         except MMError:
             raise
@@ -130,3 +142,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     return img.convert("RGB")
+
+
+def _swaps_axes(img: Image.Image) -> bool:
+    """True when the EXIF orientation rotates by 90 degrees (width and height trade places)."""
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return False

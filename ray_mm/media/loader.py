@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,9 @@ def _is_in_process(source: object) -> bool:
 class MediaLoader:
     """Fetch and decode media items under one ``RayMMConfig``."""
 
+    #: Optional opt-in draft JPEG decode target, ``(w, h, swapped) -> (w, h)``; set by the pipeline from the model.
+    image_draft_size: Callable[[int, int, bool], tuple[int, int]] | None = None
+
     def __init__(self, config: RayMMConfig | None = None) -> None:
         self.config = config or RayMMConfig()
         policy = self.config.media
@@ -158,7 +162,9 @@ class MediaLoader:
         t0 = time.perf_counter()
         opts = spec.options or {}
         if spec.modality == "image":
-            decoded: Any = self._guard(lambda: self.image_io.load_bytes(data, label=spec.label), spec, MediaDecodeError)
+            decoded: Any = self._guard(
+                lambda: self.image_io.load_bytes(data, label=spec.label, draft_size=self.image_draft_size), spec, MediaDecodeError
+            )
         elif spec.modality == "video":
             decoded = self._guard(lambda: self.video_io.load_bytes(data, label=spec.label, options=opts), spec, MediaDecodeError)
         else:

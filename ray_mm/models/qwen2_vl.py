@@ -135,6 +135,16 @@ class Qwen2VLAdapter(ModelAdapter):
             grid_thw=grid,
         )
 
+    def image_target_size(self, width: int, height: int, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """The (width, height) the processor resizes an image of this size to (for draft JPEG decode)."""
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        ip = self.processor.image_processor
+        size = _size_from_options(ip.size, options) or _size_dict(ip.size)
+        h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
+                            min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+        return int(w), int(h)
+
     # ------------------------------------------------------------------ uint8 transport
 
     def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
