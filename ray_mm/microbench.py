@@ -132,6 +132,9 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     adapter = load_adapter(model_dir)
     image_io = ImageMediaIO(RayMMConfig().media)
 
+    def draft(w: int, h: int, swapped: bool) -> tuple[int, int]:
+        return adapter.image_target_size(w, h)
+
     def decode() -> Any:
         return Image.open(io.BytesIO(jpeg)).convert("RGB")
 
@@ -143,6 +146,9 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
             "ray_mm": lambda: adapter.process("image", image_io.load_bytes(jpeg)),
             # Opt-in uint8 transport: the CPU side stops before rescale/normalise (done on the GPU worker).
             "ray_mm_uint8": lambda: adapter.process("image", image_io.load_bytes(jpeg), {"transport": "uint8"}),
+            # Opt-in draft JPEG decode on top of uint8 transport (RayMMConfig.jpeg_draft).
+            "ray_mm_uint8_draft": lambda: adapter.process(
+                "image", image_io.load_bytes(jpeg, draft_size=draft), {"transport": "uint8"}),
         }
         for name, fn in runs.items():
             out[name], out[f"{name}_ms"] = _mean_rate(fn, n)
@@ -150,6 +156,11 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     feats = adapter.process("image", decode())[0]
     out["feature_shape"] = list(feats.features["pixel_values"].shape)
     out["feature_mb"] = feats.features["pixel_values"].nbytes / 1e6
+    drafted = adapter.process("image", image_io.load_bytes(jpeg, draft_size=draft))[0].features["pixel_values"]
+    full = feats.features["pixel_values"]
+    out["draft_same_shape"] = drafted.shape == full.shape
+    out["draft_mean_abs_diff"] = float(np.abs(drafted - full).mean()) if drafted.shape == full.shape else None
+    out["draft_max_abs_diff"] = float(np.abs(drafted - full).max()) if drafted.shape == full.shape else None
     out["ray_mm_vs_hf_pil"] = out["ray_mm"] / out["hf_pil"]
     out["ray_mm_uint8_vs_hf_pil"] = out["ray_mm_uint8"] / out["hf_pil"]
     return out
