@@ -65,6 +65,7 @@ def test_pipelines_complete(report: dict) -> None:
 
 def test_micro_complete(report: dict) -> None:
     micro = report["micro"]
+    assert {"image_1080p_per_core_per_s", "video_clips_per_core_per_s", "align_fast_vs_legacy_32k"} <= set(micro)
     for key in ("hf_pil", "hf_fast", "ray_mm"):
         _positive(micro["image_1080p_per_core_per_s"].get(key), f"micro.image_1080p_per_core_per_s.{key}")
     _positive(micro.get("video_clips_per_core_per_s"), "micro.video_clips_per_core_per_s")

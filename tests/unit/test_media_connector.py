@@ -269,7 +269,7 @@ def test_redirect_hop_rechecked_with_real_policy(server: str, monkeypatch: pytes
 
 
 def test_any_private_record_refuses_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conn_mod, "resolve_host", lambda host, port: ["93.184.216.34", "10.0.0.5"])
+    monkeypatch.setattr(conn_mod, "resolve_host", lambda host, port: ["93.184.216.34", "10.0.0.5"])  # ok-nonloopback: patched DNS
     with pytest.raises(MediaPolicyError):
         MediaConnector(MediaPolicy()).fetch("https://mixed.example/a.jpg", L)
 

@@ -126,6 +126,7 @@ def test_base64_and_file_helpers(io_: ImageMediaIO, tmp_path) -> None:  # type: 
     import base64
 
     data = mf.make_png(8, 8)
-    _check_rgb(io_.load_base64("image/png", base64.b64encode(data).decode(), label=L), (8, 8))
+    from_b64 = _check_rgb(io_.load_base64("image/png", base64.b64encode(data).decode(), label=L), (8, 8))
     (tmp_path / "a.png").write_bytes(data)
-    _check_rgb(io_.load_file(tmp_path / "a.png", label=L), (8, 8))
+    from_file = _check_rgb(io_.load_file(tmp_path / "a.png", label=L), (8, 8))
+    assert np.array_equal(from_b64, from_file)
