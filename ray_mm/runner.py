@@ -168,6 +168,9 @@ def format_summary(records: list[dict[str, Any]], stats: list[dict[str, Any]], w
     for s in stats:
         per_node.update(s.get("items_per_node", {}))
     lines.append("items per node: " + ", ".join(f"{node[:12]} {n}" for node, n in sorted(per_node.items())))
+    hits = sum(s.get("counters", {}).get("cache_hits", 0) for s in stats)
+    misses = sum(s.get("counters", {}).get("cache_misses", 0) for s in stats)
+    lines.append(f"media cache: {hits} hits, {misses} misses (repeats are fetched and hashed, not decoded again)")
     coord_cpu = sum(s.get("coordinator_cpu_s", 0.0) for s in stats)
     if records:
         lines.append(f"coordinator CPU: {coord_cpu / len(records) * 1e3:.2f} ms per request")
