@@ -1,4 +1,5 @@
-"""H2D bandwidth of features pulled from the object store vs a pinned-memory copy of the same bytes.
+"""H2D bandwidth of features pulled from the object store vs a pinned-memory copy of the same bytes,
+and the parity of uint8-transport features normalised on the GPU against the HF processor.
 
 What a GPU worker does (``actors/gpu_worker.py``): ``ray.get`` a feature (a read-only numpy view
 of shared memory), wrap it with ``torch.from_numpy`` and copy it to the device. Pageable memory
@@ -16,6 +17,7 @@ import os
 import sys
 import time
 import warnings
+from typing import Any
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: stay on loopback
 
@@ -28,6 +30,32 @@ def _bandwidth(fn, nbytes: int, repeats: int, sync) -> float:  # noqa: ANN001
         fn()
     sync()
     return nbytes * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _normalisation_parity(torch: Any) -> dict[str, Any]:
+    """uint8 transport: patches normalised on the GPU against the HF processor's float32 output (CPU)."""
+    import io
+    import tempfile
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from ray_mm.models import load_adapter, make_model
+    from ray_mm.synth import make_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_model(tmp, "qwen2_vl")
+        adapter = load_adapter(model)
+        jpeg = make_image(1920, 1080, seed=2)
+        image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        shipped = adapter.process("image", image, {"transport": "uint8"})[0].features
+        on_gpu = {k: torch.from_numpy(v).pin_memory().to("cuda", non_blocking=True) for k, v in shipped.items()}
+        finished = adapter.finish_features(on_gpu)["pixel_values"].cpu().numpy()
+        ref = AutoProcessor.from_pretrained(str(model), local_files_only=True).image_processor(
+            images=[image], return_tensors="np")["pixel_values"]
+    max_diff = float(abs(finished - ref).max())
+    return {"shipped_bytes": int(shipped["pixel_values"].nbytes), "float32_bytes": int(ref.nbytes),
+            "max_abs_diff": max_diff, "within_1e-5": max_diff <= 1e-5}
 
 
 def main() -> int:
@@ -71,6 +99,7 @@ def main() -> int:
                                             args.repeats, sync),
         }
         out["pinned_vs_object_store"] = out["h2d_from_pinned_gb_s"] / out["h2d_from_object_store_gb_s"]
+        out["uint8_normalisation"] = _normalisation_parity(torch)
         print(json.dumps(out, indent=2))
     finally:
         ray.shutdown()
