@@ -250,14 +250,10 @@ class MediaConnector:
                     try:
                         target = self._next_url(response, hop, hops, label)
                         if target is None:
-                            chunks, total = [], 0
+                            body = _Body(self, url, label, deadline)
                             for chunk in response.iter_bytes(_CHUNK):
-                                total += len(chunk)
-                                self._check_size(total, label)
-                                if time.monotonic() > deadline:
-                                    raise self._timeout(url, label)
-                                chunks.append(chunk)
-                            return self._nonempty(b"".join(chunks), url, label)
+                                body.add(chunk)
+                            return body.bytes()
                     finally:
                         response.close()
                     current, hops = target, hops + 1
@@ -287,12 +283,10 @@ class MediaConnector:
                     try:
                         target = self._next_url(response, hop, hops, label)
                         if target is None:
-                            chunks, total = [], 0
+                            body = _Body(self, url, label, deadline)
                             async for chunk in response.aiter_bytes(_CHUNK):
-                                total += len(chunk)
-                                self._check_size(total, label)
-                                chunks.append(chunk)
-                            return self._nonempty(b"".join(chunks), url, label)
+                                body.add(chunk)
+                            return body.bytes()
                     finally:
                         await response.aclose()
                     current, hops = target, hops + 1
@@ -308,3 +302,23 @@ class MediaConnector:
         if not data:
             raise MediaFetchError(f"{label}: empty response body from {describe_source(url)}")
         return data
+
+
+class _Body:
+    """A streamed response body, checked while it is read: the byte cap (also without
+    Content-Length) and the fetch deadline; shared by the sync and async fetch loops."""
+
+    def __init__(self, connector: MediaConnector, url: str, label: str, deadline: float) -> None:
+        self.connector, self.url, self.label, self.deadline = connector, url, label, deadline
+        self.chunks: list[bytes] = []
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.connector._check_size(self.total, self.label)
+        if time.monotonic() > self.deadline:
+            raise self.connector._timeout(self.url, self.label)
+        self.chunks.append(chunk)
+
+    def bytes(self) -> bytes:
+        return self.connector._nonempty(b"".join(self.chunks), self.url, self.label)
