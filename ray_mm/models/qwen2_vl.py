@@ -1,23 +1,29 @@
-"""Qwen2-VL adapter: images and videos through the HF fast (torchvision) image / video processors.
+"""Qwen2-VL adapter: images and videos to the HF fast (torchvision) processors' features, item by item.
 
-Per item it calls the same sub-processor the HF ``Qwen2VLProcessor`` calls for a
-whole request, so per-item ``pixel_values`` / ``pixel_values_videos`` are the
-matching row slices of the processor's concatenated output and the grids are
-equal. Token count per item: ``prod(grid_thw) // merge_size**2``, as the
-processor's ``replace_image_token`` computes it.
+By default pixels go through the hand-tuned path of :mod:`ray_mm.models.qwen2_vl_fast`
+(same values as the processor, less work, reused scratch); anything that path does not
+reproduce, and any adapter built with ``use_hand_path=False``, calls the same
+sub-processor the HF ``Qwen2VLProcessor`` calls for a whole request. Either way per-item
+``pixel_values`` / ``pixel_values_videos`` are the matching row slices of the processor's
+concatenated output and the grids are equal. Token count per item:
+``prod(grid_thw) // merge_size**2``, as the processor's ``replace_image_token`` computes it.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ray_mm.models.base import ModelAdapter, as_numpy_features
+from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, PixelResult, QwenPixelPath
 from ray_mm.models.registry import register_adapter
-from ray_mm.types import ItemFeatures
+from ray_mm.types import ItemFeatures, Modality
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -48,6 +54,11 @@ def _transport_kwargs(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
+def _normalize_for_transport(options: Mapping[str, Any] | None) -> bool:
+    """False for the uint8 transport (patches stay uint8), True otherwise."""
+    return not (options and options.get("transport") == "uint8")
+
+
 def _size_dict(size: Any) -> dict[str, int]:
     if isinstance(size, Mapping):
         items = size.items()
@@ -58,9 +69,21 @@ def _size_dict(size: Any) -> dict[str, int]:
 
 @register_adapter("qwen2_vl")
 class Qwen2VLAdapter(ModelAdapter):
-    """Qwen2-VL: ``<|vision_start|><|image_pad|><|vision_end|>`` / ``<|vision_start|><|video_pad|><|vision_end|>``."""
+    """Qwen2-VL: ``<|vision_start|><|image_pad|><|vision_end|>`` / ``<|vision_start|><|video_pad|><|vision_end|>``.
+
+    ``use_hand_path`` (default True) sends pixels through the hand-tuned path
+    (:class:`~ray_mm.models.qwen2_vl_fast.QwenPixelPath`); False always calls the HF
+    processor, as SGLang does inline (the benchmark's baseline). The flag is per instance:
+    a pickled adapter reloads with the default. :meth:`process_hf` is ``process`` through
+    the HF processor for one call.
+    """
 
     modalities = frozenset({"image", "video"})
+
+    def __init__(self, model_dir: str | Path, *, use_hand_path: bool = True) -> None:
+        super().__init__(model_dir)
+        self.use_hand_path = use_hand_path
+        self._hf_only = threading.local()  # process_hf's per-thread override
 
     @property
     def placeholder_tokens(self) -> dict[str, str]:
@@ -93,7 +116,72 @@ class Qwen2VLAdapter(ModelAdapter):
             return [self.process_video(data, options)]
         raise ValueError(f"{self.name} does not take {modality!r} items (modalities: {sorted(self.modalities)})")
 
+    def process_hf(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> list[ItemFeatures]:
+        """``process`` through the HF processor only, whatever ``use_hand_path`` says (this call, this thread)."""
+        before = getattr(self._hf_only, "on", False)
+        self._hf_only.on = True
+        try:
+            return self.process(modality, data, options)
+        finally:
+            self._hf_only.on = before
+
+    def _hand_path_on(self) -> bool:
+        return self.use_hand_path and not getattr(self._hf_only, "on", False)
+
+    @cached_property
+    def _pixel_paths(self) -> dict[str, QwenPixelPath | None]:
+        """Hand paths built from the image / video processors' attributes; None where a setting is not reproduced."""
+        paths: dict[str, QwenPixelPath | None] = {}
+        for modality, proc in (("image", self.processor.image_processor), ("video", self.processor.video_processor)):
+            try:
+                paths[modality] = QwenPixelPath.from_processor(proc)
+            except FastPathUnsupported:
+                paths[modality] = None
+        return paths
+
+    def _hand_pixels(self, modality: Modality, data: Any, options: Mapping[str, Any] | None) -> PixelResult | None:
+        """The hand path's result, or None where only the HF processor gives the right answer.
+
+        Falls back (None) when: the adapter is in HF mode; the processor's settings are not
+        reproduced (``do_resize=False``, a resample other than bicubic / natively-uint8
+        bilinear, mean / std not 3 channels, a size without shortest / longest edge); the
+        processor carries default call kwargs of its own; the size options lack a shortest
+        or longest edge; the input is not a PIL image / ``(H, W, 3)`` uint8 array (image)
+        or ``(T, H, W, 3)`` uint8 frames (video), or its channel axis would be read as
+        channels-first by the processor; or a non-RGB PIL image meets ``do_convert_rgb=False``.
+        """
+        path = self._pixel_paths.get(modality) if self._hand_path_on() else None
+        if path is None or self._default_kwargs.get(f"{modality}s_kwargs"):
+            return None
+        proc = self.processor.image_processor if modality == "image" else self.processor.video_processor
+        size = _size_from_options(proc.size, options) or _size_dict(proc.size)
+        lo, hi = size.get("shortest_edge"), size.get("longest_edge")
+        if not lo or not hi:
+            return None
+        normalize = _normalize_for_transport(options)
+        try:
+            if modality == "image":
+                return path.image(data, min_pixels=lo, max_pixels=hi, normalize=normalize)
+            return path.video(data, min_pixels=lo, max_pixels=hi, normalize=normalize)
+        except FastPathUnsupported:  # raised before any work: the input is one the path does not take
+            return None
+
+    def _item_from_pixels(self, modality: Modality, result: PixelResult) -> ItemFeatures:
+        proc = self.processor.image_processor if modality == "image" else self.processor.video_processor
+        key, grid_key = ("pixel_values", "image_grid_thw") if modality == "image" else ("pixel_values_videos", "video_grid_thw")
+        grid = [int(x) for x in result.grid_thw]
+        return ItemFeatures(
+            modality=modality,
+            features={key: result.values, grid_key: np.asarray([grid], dtype=np.int64)},
+            primary=key,
+            num_tokens=math.prod(grid) // int(proc.merge_size) ** 2,
+            grid_thw=grid,
+        )
+
     def process_image(self, image: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
+        hand = self._hand_pixels("image", image, options)
+        if hand is not None:
+            return self._item_from_pixels("image", hand)
         ip = self.processor.image_processor
         kwargs = dict(self._default_kwargs.get("images_kwargs", {}))
         size = _size_from_options(ip.size, options)
@@ -117,6 +205,9 @@ class Qwen2VLAdapter(ModelAdapter):
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"video frames must be a (T, H, W, 3) array, got shape {tuple(frames.shape)}")
+        hand = self._hand_pixels("video", frames, options)
+        if hand is not None:
+            return self._item_from_pixels("video", hand)
         kwargs = dict(self._default_kwargs.get("videos_kwargs", {}))
         size = _size_from_options(vp.size, options)
         if size is not None:
