@@ -30,7 +30,7 @@ class ReadyRequest:
 
     request_id: str
     record: dict[str, Any]
-    feature_refs: list[tuple[Any, int]]  # per item in prompt order: (ref to the spec's feature list, position)
+    feature_refs: list[tuple[Any, int]]  # per item in prompt order: (ref to a media call's feature list, position)
     placeholder_tokens: int
     pulls: int = 0
     lease: int = 0  # token of the current lease; set on each pull, named in ack / nack
@@ -63,6 +63,7 @@ class Coordinator:
         self.cfg = PoolConfig.model_validate(pool_config)
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.workers = [ray.get_actor(name) for name in worker_names]
+        self.media_tokens = frozenset(self.pre.adapter.placeholder_token_ids.values())
         self.selector = WorkerSelector(len(self.workers), self.cfg.max_inflight_per_worker)
         self.slot_freed = asyncio.Condition()
         self.ready: collections.deque[ReadyRequest] = collections.deque()
@@ -87,6 +88,23 @@ class Coordinator:
     async def submit(self, line: Any, fallback_id: str = "?", timeout_s: float | None = None) -> str:
         """Admit one request. ``timeout_s`` (default ``request_timeout_s``) is its end-to-end deadline;
         the driver passes what is left of it when it resubmits after a coordinator restart."""
+        return await self._admit(line, fallback_id, timeout_s)
+
+    async def submit_many(self, lines: list[tuple[Any, str, float | None]]) -> list[str | MMError]:
+        """Admit ``(line, fallback_id, timeout_s)`` in order, in one call: a request id per line.
+        Stops at the first ``PoolSaturatedError`` (the rest are not admitted and not
+        answered), so the driver retries exactly the tail; stops likewise at any other admission error
+        (a duplicate id), which ``submit`` would raise."""
+        out: list[str | MMError] = []
+        for line, fallback_id, timeout_s in lines:
+            try:
+                out.append(await self._admit(line, fallback_id, timeout_s))
+            except MMError as exc:
+                out.append(exc)
+                break
+        return out
+
+    async def _admit(self, line: Any, fallback_id: str, timeout_s: float | None) -> str:
         t_cpu = time.thread_time()
         self._ensure_lease_reaper()
         rid = request_id_of(line, fallback_id)
@@ -151,32 +169,62 @@ class Coordinator:
 
     async def _dispatch_and_align(self, entry: _Entry, prepared: Prepared) -> None:
         specs = prepared.request.items()
-        calls = []
         entry.stage = "dispatch"
         entry.refs, entry.calls = [], []
-        try:
-            for spec in specs:
-                worker = await self._acquire_worker(content_key(spec.source))
-                meta_ref, feat_ref = self.workers[worker].process.options(num_returns=2).remote(spec)
+        pending: dict[int, list[int]] = {}  # worker -> spec indices picked for it, not yet sent
+        sent: list[tuple[list[int], Any, asyncio.Future[list[dict[str, Any]]]]] = []
+
+        def send_pending() -> None:
+            # One call per (request, worker): Ray's per-call and per-object costs are paid here.
+            for worker, spec_ids in pending.items():
+                meta_ref, feat_ref = self.workers[worker].process_batch.options(num_returns=2).remote([specs[s] for s in spec_ids])
                 entry.refs.append(feat_ref)
                 entry.calls.append(meta_ref)
-                calls.append(asyncio.ensure_future(self._await_meta(worker, meta_ref)))
+                sent.append((spec_ids, feat_ref, asyncio.ensure_future(self._await_metas(worker, len(spec_ids), meta_ref))))
+            pending.clear()
+
+        try:
+            for s, spec in enumerate(specs):
+                key = content_key(spec.source)
+                worker = self.selector.pick(key)
+                if worker is None:
+                    send_pending()  # what is picked must run before a slot can free up
+                    worker = await self._acquire_worker(key)
+                else:
+                    self.selector.started(worker)
+                pending.setdefault(worker, []).append(s)
+            send_pending()
             entry.stage = "media"
-            metas = await asyncio.gather(*calls)
+            answers = await asyncio.gather(*(call for _, _, call in sent))
         finally:
-            for call in calls:
-                call.cancel()  # no-op for finished ones; frees the worker slot of the others
+            for _, _, call in sent:
+                call.cancel()  # no-op for finished ones; frees the worker slots of the others
+            if pending:  # picked but never sent (cancelled while waiting for a slot)
+                for worker, spec_ids in pending.items():
+                    for _ in spec_ids:
+                        self.selector.finished(worker)
+                asyncio.get_running_loop().create_task(self._notify_slot())
         entry.calls = []
         t_cpu = time.thread_time()
+        metas: list[dict[str, Any]] = [{}] * len(specs)
+        for (spec_ids, _, _), answer in zip(sent, answers):
+            for s, meta in zip(spec_ids, answer):
+                metas[s] = meta
         errors = [m["error"] for m in metas if "error" in m]
         if errors:
             raise errors[0]
+        location: dict[int, tuple[Any, int]] = {}
+        for (_, feat_ref, _), answer in zip(sent, answers):
+            flat = 0  # the worker returns the features of all its specs' items as one flat list
+            for meta in answer:
+                for item in meta["items"]:
+                    location[id(item)] = (feat_ref, flat)
+                    flat += 1
         per_spec = [m["items"] for m in metas]
         entry.stage = "align"
         t0 = time.perf_counter()
         alignment = self.pre.align_request(prepared, per_spec)
         align_s = time.perf_counter() - t0
-        location = {id(meta): (entry.refs[s], k) for s, metas_ in enumerate(per_spec) for k, meta in enumerate(metas_)}
         refs = [location[id(item.meta)] for item in alignment.items]
         timings = dict(prepared.timings, align_s=align_s)
         for stage in ("fetch_s", "decode_s", "process_s"):
@@ -189,23 +237,23 @@ class Coordinator:
                 metrics.cache_hit(hit)
         record = success_record(entry.request_id, alignment, timings)
         # Counted from the ids, not from the items, so the GPU-side check is independent of alignment.
-        media_tokens = set(self.pre.adapter.placeholder_token_ids.values())
-        placeholders = sum(1 for tok in alignment.input_ids if tok in media_tokens)
+        placeholders = sum(1 for tok in alignment.input_ids if tok in self.media_tokens)
         self.cpu_s += time.thread_time() - t_cpu
         entry.stage = "ready_queue"
         await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
 
-    async def _await_meta(self, worker: int, meta_ref: Any) -> dict[str, Any]:
-        """The item's metadata. Media workers return bad media as a value; a worker that dies is
-        restarted by Ray and the call retried (max_task_retries=-1), so an exception here is rare:
-        a cancelled call, or a worker that cannot come back."""
+    async def _await_metas(self, worker: int, n_specs: int, meta_ref: Any) -> list[dict[str, Any]]:
+        """The metadata of one media call, per spec. Media workers return bad media as a value; a
+        worker that dies is restarted by Ray and the call retried (max_task_retries=-1), so an
+        exception here is rare: a cancelled call, or a worker that cannot come back."""
         try:
-            return await meta_ref
+            return list(await meta_ref)
         except ray.exceptions.RayError as exc:  # TaskCancelledError included
             self.counters["media_call_failed"] += 1
-            return {"error": InternalError(f"media worker {worker} failed ({type(exc).__name__})")}
+            return [{"error": InternalError(f"media worker {worker} failed ({type(exc).__name__})")}] * n_specs
         finally:
-            self.selector.finished(worker)
+            for _ in range(n_specs):
+                self.selector.finished(worker)
             # Not awaited here: this finally may run in a task being cancelled.
             asyncio.get_running_loop().create_task(self._notify_slot())
 
@@ -279,9 +327,19 @@ class Coordinator:
             self.ready_changed.notify_all()
 
     # -- GPU worker side ---------------------------------------------------
-    async def pull(self, holder: str, max_n: int, wait_s: float = 1.0) -> list[ReadyRequest]:
-        """Up to ``max_n`` ready requests, leased to ``holder``; waits up to ``wait_s`` for the first."""
+    async def pull(
+        self, holder: str, max_n: int, wait_s: float = 1.0, acks: list[tuple[str, dict[str, Any], int]] | None = None
+    ) -> list[ReadyRequest]:
+        """Up to ``max_n`` ready requests, leased to ``holder``; waits up to ``wait_s`` for the first.
+
+        ``acks`` are ``(request_id, consumer summary, lease)`` of what ``holder`` finished since its
+        last pull: acknowledging on the next pull saves the coordinator one call per request.
+        """
         self._ensure_lease_reaper()
+        for request_id, consumer, lease in acks or ():
+            await self.ack(holder, request_id, consumer, lease)
+        if max_n <= 0:
+            return []
         async with self.ready_changed:
             if not self.ready:
                 try:
@@ -351,17 +409,19 @@ class Coordinator:
                 self.counters["reaper_error"] += 1
 
     # -- driver side ---------------------------------------------------------
-    async def take_results(self, max_n: int = 256, wait_s: float = 0.5) -> list[dict[str, Any]]:
+    async def take_results(self, max_n: int = 256, wait_s: float = 0.5) -> tuple[int, list[dict[str, Any]]]:
+        """This incarnation and up to ``max_n`` finished records (waits up to ``wait_s`` for one).
+        The incarnation rides along so the driver notices a restart without another call."""
         if not self.results:
             async with self.results_changed:
                 try:
                     await asyncio.wait_for(self.results_changed.wait(), timeout=wait_s)
                 except asyncio.TimeoutError:
-                    return []
+                    return self.incarnation, []
         out = []
         for rid in list(self.results)[:max_n]:
             out.append(self.results.pop(rid))
-        return out
+        return self.incarnation, out
 
     async def cancel(self, request_id: str) -> bool:
         """Finish ``request_id`` with a ``Cancelled`` record, freeing its media calls, slot, queue place,

@@ -51,6 +51,18 @@ class _FeaturesUnavailable(Exception):
         self.reason = reason
 
 
+def _first_shape_mismatch(items: list[dict[str, Any]], described: list[dict[str, Any]]) -> int | None:
+    """The first item whose arrays include none of the shape its record names (features routed to
+    the wrong item), or None."""
+    if len(items) != len(described):
+        return min(len(items), len(described))
+    for k, (item, rec) in enumerate(zip(items, described)):
+        want = rec.get("feature_shape")
+        if want is not None and tuple(want) not in {tuple(a.shape) for a in item.values() if isinstance(a, np.ndarray)}:
+            return k
+    return None
+
+
 def _noop_consumer(request: Any, features: list[dict[str, Any]]) -> int:
     return int(request.placeholder_tokens)
 
@@ -93,33 +105,37 @@ class GpuWorker:
         Faults never end the loop: a coordinator that is restarting is waited for, features
         that cannot be read within the lease are handed back (``nack``: the coordinator
         dispatches the request's media again), and a consumer that raises gives an
-        InternalError record for that request only.
+        InternalError record for that request only. Acknowledgements ride on the next pull
+        (kept and sent again if that pull fails; the coordinator ignores a repeated one).
         """
+        acks: list[tuple[str, dict[str, Any], int]] = []
         while not self.stopping.is_set():
             try:
-                batch = ray.get(self.coordinator.pull.remote(self.name, self.cfg.pull_batch_size, 0.5),
+                batch = ray.get(self.coordinator.pull.remote(self.name, self.cfg.pull_batch_size, 0.5, acks),
                                 timeout=self.cfg.lease_s)
             except (ray.exceptions.RayError, TimeoutError):
                 self.faults += 1
                 time.sleep(0.2)
                 continue
-            for request in batch:
-                self._serve(request)
+            acks = [ack for request in batch if (ack := self._serve(request)) is not None]
+        if acks:
+            self._tell(self.coordinator.pull.remote(self.name, 0, 0.0, acks))
         return self.consumed
 
-    def _serve(self, request: Any) -> None:
+    def _serve(self, request: Any) -> tuple[str, dict[str, Any], int] | None:
+        """Consume one request; its acknowledgement, or None when it was handed back."""
         try:
             summary = self._consume(request)
         except _FeaturesUnavailable as exc:
             self.faults += 1
             self._tell(self.coordinator.nack.remote(self.name, request.request_id, request.lease, exc.reason))
-            return
+            return None
         except Exception as exc:  # a consumer fault fails this request only
             self.faults += 1
             summary = {"worker": self.name, "node_id": self.node_id, "error": {
                 "type": "InternalError", "status": 500,
                 "message": f"request {request.request_id}: GPU consumer fault ({type(exc).__name__})"}}
-        self._tell(self.coordinator.ack.remote(self.name, request.request_id, summary, request.lease))
+        return request.request_id, summary, request.lease
 
     def _tell(self, ref: Any) -> None:
         """Best effort: a lost ack only means the lease expires and the request is served again."""
@@ -129,10 +145,12 @@ class GpuWorker:
             self.faults += 1
 
     def _fetch(self, request: Any) -> list[Any]:
-        """The request's feature groups; zero-copy reads. Lost objects are rebuilt by lineage inside
-        ``ray.get``; if that does not finish within the lease, the request goes back."""
+        """The request's items' feature dicts, read zero-copy (one ``ray.get`` per media call's list).
+        Lost objects are rebuilt by lineage inside ``ray.get``; if that does not finish within the
+        lease, the request goes back."""
+        unique = list(dict.fromkeys(ref for ref, _ in request.feature_refs))
         try:
-            return list(ray.get([ref for ref, _ in request.feature_refs], timeout=self.cfg.lease_s))
+            lists = dict(zip(unique, ray.get(unique, timeout=self.cfg.lease_s)))
         except ray.exceptions.GetTimeoutError:
             raise _FeaturesUnavailable("fetch_timeout") from None
         except ray.exceptions.OwnerDiedError:
@@ -141,11 +159,16 @@ class GpuWorker:
             raise _FeaturesUnavailable("object_lost") from None
         except ray.exceptions.RayError:  # the producing media call failed for good
             raise _FeaturesUnavailable("producer_failed") from None
+        return [lists[ref][k] for ref, k in request.feature_refs]
 
     def _consume(self, request: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
-        groups = self._fetch(request)
-        items = [group[k] for group, (_, k) in zip(groups, request.feature_refs)]
+        items = self._fetch(request)
+        mismatch = _first_shape_mismatch(items, request.record.get("items", []))
+        if mismatch is not None:  # the features read are not the ones the record describes
+            return {"worker": self.name, "node_id": self.node_id, "error": {
+                "type": "AlignmentError", "status": 500,
+                "message": f"request {request.request_id}: item {mismatch} features do not have the aligned item's shape"}}
         arrays = [a for item in items for a in item.values() if isinstance(a, np.ndarray)]
         zero_copy = all(not a.flags.writeable for a in arrays if a.nbytes > 0)
         self.zero_copy_checked += len(arrays)

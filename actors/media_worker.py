@@ -1,9 +1,13 @@
-"""Media worker actor: fetch, decode and process one media entry per call.
+"""Media worker actor: fetch, decode and process the media entries of one request sent to it.
 
-Thin: all work is ``Preprocessor.process_item``. A call returns two objects,
+Thin: all work is ``Preprocessor.process_item``. One call takes every entry of a
+request that the coordinator placed on this worker and returns two objects,
 (metadata, features), both owned by the caller, so the coordinator can await
-the small one and pass the large one on without touching it. Bad media is
-returned as an error in the metadata, not raised, so Ray does not retry it.
+the small one and pass the large one on without touching it. One call and one
+feature object per (request, worker) rather than per item: Ray's per-call and
+per-object costs land on the coordinator, which is the part that does not
+scale out. Bad media is returned as an error in that entry's metadata, not
+raised, so Ray does not retry it and the other entries still count.
 """
 
 from __future__ import annotations
@@ -36,15 +40,26 @@ class MediaWorker:
     def ready(self) -> str:
         return self.node_id
 
-    def process(self, spec: MediaSpec) -> tuple[dict[str, Any], list[Any] | None]:
-        """Returns ``({"items": [ItemMeta...]} | {"error": ...}, [feature dict per item] | None)``."""
+    def process_batch(self, specs: list[MediaSpec]) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Per spec ``{"items": [ItemMeta...]}`` or ``{"error": MMError}``; and one flat list with the
+        feature dict of every item of the successful specs, in order (an item's place in it is
+        its position among the items before it)."""
+        metas: list[dict[str, Any]] = []
+        features: list[Any] = []
+        for spec in specs:
+            meta, feats = self._process_one(spec)
+            metas.append(meta)
+            features.extend(feats)
+        return metas, features
+
+    def _process_one(self, spec: MediaSpec) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
         try:
             items = self.pre.process_item(spec)
         except MMError as exc:
-            return {"error": exc, "node_id": self.node_id}, None
+            return {"error": exc, "node_id": self.node_id}, []
         except Exception as exc:  # never let one item kill the worker
-            return {"error": InternalError(f"{spec.label}: worker fault ({type(exc).__name__})"), "node_id": self.node_id}, None
+            return {"error": InternalError(f"{spec.label}: worker fault ({type(exc).__name__})"), "node_id": self.node_id}, []
         self.processed += 1
         for item in items:
             item.meta.node_id = self.node_id

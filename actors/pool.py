@@ -7,6 +7,7 @@ emitted once per ``request_id``.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -168,11 +169,12 @@ class Pool:
             yield from self._poll()
 
     def _poll(self, wait_s: float = 0.5) -> list[dict[str, Any]]:
+        incarnation: int | None = None
         try:
-            records = ray.get(self.coordinator.take_results.remote(256, wait_s))
+            incarnation, records = ray.get(self.coordinator.take_results.remote(256, wait_s))
         except (RayActorError, RayTaskError):
             records = []
-        self._resubmit_if_restarted()
+        self._resubmit_if_restarted(incarnation)
         self._expire_overdue()
         out = []
         for rec in [*records, *self._local]:
@@ -201,11 +203,12 @@ class Pool:
                                  f"request {rid}: no result within {self.cfg.request_timeout_s:g} s (driver deadline)", 504)
                 self.coordinator.cancel.remote(rid)  # not awaited; its Cancelled record is deduplicated
 
-    def _resubmit_if_restarted(self) -> None:
-        try:
-            incarnation = ray.get(self.coordinator.incarnation_id.remote())
-        except RayActorError:
-            return
+    def _resubmit_if_restarted(self, incarnation: int | None = None) -> None:
+        if incarnation is None:
+            try:
+                incarnation = ray.get(self.coordinator.incarnation_id.remote())
+            except RayActorError:
+                return
         if incarnation != self.incarnation:
             self.incarnation = incarnation
             self.restarts_seen += 1
@@ -235,16 +238,35 @@ class Pool:
                 return
             p.needs_submit = False
 
-    def run(self, lines: Iterable[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Submit all lines with backpressure (wait when saturated) and yield every result."""
-        for fallback, line in lines:
-            while True:
-                try:
-                    self.submit(line, fallback)
-                    break
-                except PoolSaturatedError:
-                    yield from self._poll(wait_s=0.2)
+    def run(self, lines: Iterable[tuple[str, Any]], batch: int = 32) -> Iterator[dict[str, Any]]:
+        """Submit all ``(fallback_id, line)`` with backpressure (wait when saturated) and yield every
+        result. Lines are admitted ``batch`` at a time in one coordinator call each."""
+        source = iter(lines)
+        backlog: list[tuple[str, Any]] = []
+        while True:
+            backlog.extend(itertools.islice(source, batch - len(backlog)))
+            if not backlog:
+                break
+            admitted = self._submit_batch(backlog)
+            del backlog[:admitted]
+            if backlog:  # saturated: collect results, then go on with the tail
+                yield from self._poll(wait_s=0.2)
         yield from self.results()
+
+    def _submit_batch(self, lines: list[tuple[str, Any]]) -> int:
+        """Admit from the front of ``lines`` until the pool is saturated; how many were admitted.
+        Other admission errors are raised, as ``submit`` raises them."""
+        try:
+            answers = ray.get(self.coordinator.submit_many.remote([(line, fallback, None) for fallback, line in lines]))
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None
+        for (fallback, line), answer in zip(lines, answers):
+            if isinstance(answer, PoolSaturatedError):
+                break
+            if isinstance(answer, BaseException):
+                raise answer
+            self.pending[str(answer)] = _Pending(line, fallback, time.monotonic() + self.cfg.request_timeout_s)
+        return sum(1 for answer in answers if not isinstance(answer, BaseException))
 
 
 @dataclass
