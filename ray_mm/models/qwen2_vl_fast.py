@@ -374,21 +374,21 @@ class QwenPixelPath:
         result = np.empty((grid_t * rows_per_group, 3 * tp * p * p), dtype=dtype)
         out = torch.from_numpy(result)
         merge_rows = grid_h // m
-        if normalize:
-            per_merge_row = tp * 3 * m * p * width
-            band_rows = max(1, min(merge_rows, _BAND_ELEMENTS // per_merge_row))
-        else:
-            band_rows = merge_rows  # plain uint8 gather: one pass is fastest
         for g in range(grid_t):
             first = g * tp
             real = min(tp, num_frames - first)  # frames of this group; the rest repeat the last one
+            band_rows = merge_rows  # plain uint8 gather: one pass is fastest
+            if normalize:
+                per_merge_row = real * 3 * m * p * width
+                band_rows = max(1, min(merge_rows, _BAND_ELEMENTS // per_merge_row))
+                # Always ask for the full band capacity, so items of any size under it share one buffer.
+                band = self.arena.take("band", max(_BAND_ELEMENTS, per_merge_row), torch.float32)
             for b0 in range(0, merge_rows, band_rows):
                 nb = min(band_rows, merge_rows - b0)
                 y0, y1 = b0 * m * p, (b0 + nb) * m * p
                 src = frames[first : first + real, :3, y0:y1]
                 if normalize:
-                    scratch = self.arena.take("band", real * 3 * (y1 - y0) * width, torch.float32)
-                    scratch = scratch.view(real, 3, y1 - y0, width)
+                    scratch = band[: real * 3 * (y1 - y0) * width].view(real, 3, y1 - y0, width)
                     scratch.copy_(src)  # u8 -> f32, as the processor's images.to(torch.float32)
                     scratch.sub_(self._mean).div_(self._std)
                     src = scratch
