@@ -24,12 +24,15 @@ TARGETS = (
     "pool_1worker_vs_sglang_throughput",
     "pool_vs_ray_data_throughput",
     "pool_vs_ray_data_p50",
+    "pool_vs_ray_data_p50_closed_loop",
     "image_1080p_per_core",
     "image_1080p_vs_hf_pil",
     "video_clips_per_core",
     "align_fast_vs_legacy",
     "coordinator_cpu_ms_per_request_4img",
 )
+PACED = ("pool", "ray_data", "ray_data_per_request", "sglang_style")
+PACED_MS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms")
 
 
 def _positive(value: object, where: str) -> None:
@@ -49,6 +52,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     noise = (" INFO ", " WARNING ", "info_message")
     assert proc.returncode == 0, "\n".join(ln for ln in proc.stderr.splitlines() if not any(n in ln for n in noise))[-4000:]
     assert "pool_vs_sglang_throughput" in proc.stdout  # the printed table
+    assert "== paced (open loop)" in proc.stdout
     return json.loads(out.read_text())
 
 
@@ -81,3 +85,23 @@ def test_targets_complete(report: dict) -> None:
         assert isinstance(t.get("met"), bool), f"targets.{name}.met"
         measured = t.get("measured")
         assert isinstance(measured, (int, float)) and math.isfinite(measured), f"targets.{name}.measured"
+
+
+def test_paced_complete(report: dict) -> None:
+    paced = report["paced"]
+    _positive(paced.get("rate_per_s"), "paced.rate_per_s")
+    n = paced.get("n")
+    assert isinstance(n, int) and n > 0, f"paced.n: {n!r}"
+    assert set(PACED) <= set(paced["pipelines"]), sorted(paced["pipelines"])
+    for name in PACED:
+        p = paced["pipelines"][name]
+        assert "error" not in p, f"paced.{name}: {p.get('error')}"
+        assert p["n"] == n and p["completed"] == n, f"paced.{name}: completed {p['completed']} of {n}"
+        assert p["ok"] == n, f"paced.{name}: {n - p['ok']} failed"
+        for key in PACED_MS:
+            _positive(p.get(key), f"paced.{name}.{key}")
+        assert p["p50_ms"] <= p["p99_ms"] <= p["max_ms"] + 1e-6, f"paced.{name}: percentiles out of order"
+    assert paced["pipelines"]["ray_data"]["datasets"] >= 1
+    assert paced["pipelines"]["ray_data_per_request"]["datasets"] == n
+    assert report["targets"]["pool_vs_ray_data_p50"].get("basis") == "paced"
+    assert report["targets"]["pool_vs_ray_data_p50_closed_loop"].get("basis") == "closed_loop"
