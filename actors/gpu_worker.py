@@ -20,6 +20,7 @@ import ray
 
 from actors import metrics
 from ray_mm.pool_config import PoolConfig
+from ray_mm.staging import HostStaging
 
 
 class VisionTowerConsumer:
@@ -78,6 +79,7 @@ class GpuWorker:
         self.coordinator = ray.get_actor(coordinator_name)
         self.name = name
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.staging = HostStaging(self.device) if self.device.type == "cuda" else None
         self.node_id = ray.get_runtime_context().get_node_id()
         from ray_mm.models import load_adapter
 
@@ -175,7 +177,7 @@ class GpuWorker:
         self.copies_seen += sum(1 for a in arrays if a.flags.writeable)
         self.bytes_in += sum(a.nbytes for a in arrays)
         # uint8 transport is normalised here, on the device (identity for float32 transport).
-        tensors = [self.adapter.finish_features({k: self._to_device(v) for k, v in item.items()}) for item in items]
+        tensors = [self.adapter.finish_features(item) for item in self._to_device(items)]
         embeddings = self.consumer(request, tensors)
         if self.cfg.consumer_delay_s:
             time.sleep(self.cfg.consumer_delay_s)
@@ -199,16 +201,21 @@ class GpuWorker:
             }
         return summary
 
-    def _to_device(self, array: Any) -> Any:
-        if not isinstance(array, np.ndarray):
-            return array
-        with warnings.catch_warnings():
-            # Object-store arrays are read-only views; torch warns but reads them without a copy.
-            warnings.simplefilter("ignore", UserWarning)
-            tensor = self.torch.from_numpy(array)
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+    def _to_device(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items' arrays as tensors on the device: staged through one reused pinned buffer on
+        CUDA; zero-copy views of the object store on CPU."""
+        if self.staging is None:
+            with warnings.catch_warnings():
+                # Object-store arrays are read-only views; torch warns but reads them without a copy.
+                warnings.simplefilter("ignore", UserWarning)
+                return [{k: self.torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in item.items()}
+                        for item in items]
+        keys = [(i, k) for i, item in enumerate(items) for k, v in item.items() if isinstance(v, np.ndarray)]
+        moved = self.staging.to_device([items[i][k] for i, k in keys])
+        out = [dict(item) for item in items]
+        for (i, k), tensor in zip(keys, moved):
+            out[i][k] = tensor
+        return out
 
     def stop(self) -> None:
         self.stopping.set()
@@ -222,6 +229,7 @@ class GpuWorker:
             "arrays_checked": self.zero_copy_checked,
             "writable_copies": self.copies_seen,
             "bytes_in": self.bytes_in,
+            "staging_allocations": None if self.staging is None else self.staging.allocations,
             "faults": self.faults,
             "pid": os.getpid(),
         }

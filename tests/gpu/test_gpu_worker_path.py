@@ -46,3 +46,19 @@ def test_vision_tower_on_gpu_gives_one_row_per_token(qwen2_vl_dir: Path, tmp_pat
     features = {k: torch.from_numpy(v).to("cuda") for k, v in item.features.items()}
     rows = pre.adapter.encode(module, features)
     assert rows.device.type == "cuda" and rows.shape[0] == item.meta.num_tokens
+
+
+def test_host_staging_on_gpu_reuses_one_pinned_buffer() -> None:
+    from ray_mm.staging import HostStaging
+
+    staging = HostStaging("cuda")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        arrays = [rng.standard_normal((4888, 1176)).astype(np.float32), np.array([[1, 94, 52]], dtype=np.int64)]
+        for array in arrays:
+            array.setflags(write=False)
+        moved = staging.to_device(arrays)
+        assert all(t.device.type == "cuda" for t in moved)
+        for array, tensor in zip(arrays, moved):
+            np.testing.assert_array_equal(tensor.cpu().numpy(), array)
+    assert staging.pin and staging.allocations == 1
