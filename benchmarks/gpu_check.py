@@ -4,7 +4,8 @@ and the parity of uint8-transport features normalised on the GPU against the HF 
 What a GPU worker does (``actors/gpu_worker.py``): ``ray.get`` a feature (a read-only numpy view
 of shared memory), wrap it with ``torch.from_numpy`` and copy it to the device. Pageable memory
 goes through a staging copy in the driver; pinned memory is DMA'd directly. This measures both,
-plus ``tensor.pin_memory()`` (the extra host copy the worker pays to get a pinned source).
+plus ``tensor.pin_memory()`` per copy, and the worker's way: ``HostStaging``, one reused pinned
+buffer the features are packed into before an asynchronous copy.
 
 Needs CUDA; without it, prints why and exits 0.
 """
@@ -98,6 +99,11 @@ def main() -> int:
             "pin_then_h2d_gb_s": _bandwidth(lambda: dst.copy_(store_tensor.pin_memory(), non_blocking=True), nbytes,
                                             args.repeats, sync),
         }
+        from ray_mm.staging import HostStaging
+
+        staging = HostStaging(device)  # what the GPU worker uses: one reused pinned buffer
+        out["h2d_via_reused_staging_gb_s"] = _bandwidth(lambda: staging.to_device([from_store]), nbytes, args.repeats, sync)
+        out["staging_allocations"] = staging.allocations
         out["pinned_vs_object_store"] = out["h2d_from_pinned_gb_s"] / out["h2d_from_object_store_gb_s"]
         out["uint8_normalisation"] = _normalisation_parity(torch)
         print(json.dumps(out, indent=2))
