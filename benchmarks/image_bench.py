@@ -1,4 +1,4 @@
-"""Per-core 1080p JPEG -> Qwen2-VL pixel_values: HF PIL, HF fast (torchvision), ray-mm's path (not a timed test)."""
+"""Per-core 1080p JPEG -> Qwen2-VL pixel_values: HF PIL, HF fast, ray-mm's hand path vs the HF processor (not a timed test)."""
 
 from __future__ import annotations
 
@@ -19,4 +19,8 @@ if __name__ == "__main__":
     print(json.dumps(r, indent=2))
     print(f"per core: HF PIL {r['hf_pil']:.1f}/s ({r['hf_pil_ms']:.1f} ms), HF fast {r['hf_fast']:.1f}/s "
           f"({r['hf_fast_ms']:.1f} ms), ray-mm {r['ray_mm']:.1f}/s ({r['ray_mm_ms']:.1f} ms; "
-          f"JPEG decode {r['decode_ms']:.1f} ms): {r['ray_mm_vs_hf_pil']:.2f}x HF PIL")
+          f"JPEG decode {r['decode_ms']:.1f} ms): {r['ray_mm_vs_hf_pil']:.2f}x HF PIL, {r['ray_mm_vs_hf_fast']:.2f}x HF fast")
+    print(f"same media path, hand pixel path vs HF processor: float32 {r['ray_mm']:.1f}/s vs {r['ray_mm_hf']:.1f}/s "
+          f"({r['ray_mm_vs_ray_mm_hf']:.2f}x), uint8 transport {r['ray_mm_uint8']:.1f}/s vs {r['ray_mm_uint8_hf']:.1f}/s "
+          f"({r['ray_mm_uint8_vs_ray_mm_uint8_hf']:.2f}x); max abs diff {r['hand_vs_hf_max_abs_diff']:.3g}, "
+          f"uint8 identical: {r['hand_vs_hf_uint8_equal']}")

@@ -109,13 +109,18 @@ def _mean_rate(fn: Callable[[], Any], n: int, warmup: int = 1) -> tuple[float, f
 # --------------------------------------------------------------------------- images
 
 def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height: int = 1080) -> dict[str, Any]:
-    """1080p JPEG bytes to Qwen2-VL ``pixel_values`` on one thread, three ways, JPEG decode included in all.
+    """1080p JPEG bytes to Qwen2-VL ``pixel_values`` on one thread, several ways, JPEG decode included in all.
 
     - ``hf_pil``: Pillow decode + transformers' ``Qwen2VLImageProcessorPil`` (numpy/PIL path);
     - ``hf_fast``: Pillow decode + transformers' ``Qwen2VLImageProcessor`` (torchvision);
     - ``ray_mm``: ray-mm's media worker path: ``ImageMediaIO.load_bytes`` (header check, EXIF, RGB)
-      + the model adapter's ``process`` (numpy features out).
-    All three use the model directory's processor settings.
+      + the model adapter's ``process`` (numpy features out), which runs the hand-tuned pixel
+      path (:mod:`ray_mm.models.qwen2_vl_fast`);
+    - ``ray_mm_hf``: the same media path + the adapter's ``process_hf`` (the HF fast processor),
+      so ``ray_mm_vs_ray_mm_hf`` is the hand path against the processor with everything else equal;
+    - ``*_uint8``: the opt-in uint8 transport (the CPU side stops before rescale/normalise).
+    All use the model directory's processor settings. ``hand_vs_hf_max_abs_diff`` /
+    ``hand_vs_hf_uint8_equal``: the hand path's output against the HF processor's on this image.
     """
     from PIL import Image
     from transformers import Qwen2VLImageProcessor, Qwen2VLImageProcessorPil
@@ -144,8 +149,10 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
             "hf_pil": lambda: hf_pil(images=[decode()], return_tensors="np"),
             "hf_fast": lambda: hf_fast(images=[decode()], return_tensors="pt"),
             "ray_mm": lambda: adapter.process("image", image_io.load_bytes(jpeg)),
+            "ray_mm_hf": lambda: adapter.process_hf("image", image_io.load_bytes(jpeg)),
             # Opt-in uint8 transport: the CPU side stops before rescale/normalise (done on the GPU worker).
             "ray_mm_uint8": lambda: adapter.process("image", image_io.load_bytes(jpeg), {"transport": "uint8"}),
+            "ray_mm_uint8_hf": lambda: adapter.process_hf("image", image_io.load_bytes(jpeg), {"transport": "uint8"}),
             # Opt-in draft JPEG decode on top of uint8 transport (RayMMConfig.jpeg_draft).
             "ray_mm_uint8_draft": lambda: adapter.process(
                 "image", image_io.load_bytes(jpeg, draft_size=draft), {"transport": "uint8"}),
@@ -154,6 +161,11 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
             out[name], out[f"{name}_ms"] = _mean_rate(fn, n)
         out["decode_ms"] = _mean_rate(decode, n)[1]
     feats = adapter.process("image", decode())[0]
+    hf_feats = adapter.process_hf("image", decode())[0].features["pixel_values"]
+    out["hand_vs_hf_max_abs_diff"] = float(np.abs(feats.features["pixel_values"] - hf_feats).max())
+    out["hand_vs_hf_uint8_equal"] = bool(np.array_equal(
+        adapter.process("image", decode(), {"transport": "uint8"})[0].features["pixel_values"],
+        adapter.process_hf("image", decode(), {"transport": "uint8"})[0].features["pixel_values"]))
     out["feature_shape"] = list(feats.features["pixel_values"].shape)
     out["feature_mb"] = feats.features["pixel_values"].nbytes / 1e6
     drafted = adapter.process("image", image_io.load_bytes(jpeg, draft_size=draft))[0].features["pixel_values"]
@@ -163,6 +175,9 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     out["draft_max_abs_diff"] = float(np.abs(drafted - full).max()) if drafted.shape == full.shape else None
     out["ray_mm_vs_hf_pil"] = out["ray_mm"] / out["hf_pil"]
     out["ray_mm_uint8_vs_hf_pil"] = out["ray_mm_uint8"] / out["hf_pil"]
+    out["ray_mm_vs_hf_fast"] = out["ray_mm"] / out["hf_fast"]
+    out["ray_mm_vs_ray_mm_hf"] = out["ray_mm"] / out["ray_mm_hf"]
+    out["ray_mm_uint8_vs_ray_mm_uint8_hf"] = out["ray_mm_uint8"] / out["ray_mm_uint8_hf"]
     return out
 
 
@@ -194,8 +209,17 @@ def video_sampling(
 ) -> dict[str, Any]:
     """16 frames out of a 10 s 360p H.264 clip, one thread: ray-mm's forward pass vs a seek per frame.
 
-    ``clips_per_s`` is decode + sampling (``VideoMediaIO.load_bytes``); with ``model_dir`` the
-    processor on the sampled frames is timed too (``with_processor_clips_per_s``).
+    ``clips_per_s`` is decode + sampling only (``VideoMediaIO.load_bytes``). With ``model_dir``
+    decode + pixels is timed end to end, per clip, four ways (``*_clips_per_s`` and ``*_ms``):
+
+    - ``decode_only``: the same as ``clips_per_s``, measured alongside the others;
+    - ``decode_hf_processor``: + the HF video processor (the adapter's ``process_hf``);
+    - ``decode_hand_f32``: + the adapter's default path, the hand-tuned one (float32);
+    - ``decode_hand_uint8``: + the hand path with the opt-in uint8 transport.
+
+    ``video_clips_per_core_per_s`` is ray-mm's path (``decode_hand_f32``);
+    ``with_processor_clips_per_s`` / ``processor_ms`` keep their meaning: decode + the
+    adapter's default ``process`` (now the hand path), and that processing alone.
     """
     from .config import RayMMConfig
     from .media import VideoMediaIO
@@ -222,7 +246,26 @@ def video_sampling(
 
             adapter = load_adapter(model_dir)
             frames = decoded.frames
-            _, proc_ms = _mean_rate(lambda: adapter.process("video", frames), max(2, n // 2))
-            out["processor_ms"] = proc_ms
-            out["with_processor_clips_per_s"] = 1e3 / (out["forward_pass_ms"] + proc_ms)
+            n_proc = max(2, n // 2)
+            _, out["processor_ms"] = _mean_rate(lambda: adapter.process("video", frames), n_proc)
+            _, out["hf_processor_ms"] = _mean_rate(lambda: adapter.process_hf("video", frames), n_proc)
+            _, out["hand_uint8_ms"] = _mean_rate(lambda: adapter.process("video", frames, {"transport": "uint8"}), n_proc)
+            u8 = {"transport": "uint8"}
+            end_to_end = {
+                "decode_only": lambda: vio.load_bytes(clip, options=options),
+                "decode_hf_processor": lambda: adapter.process_hf("video", vio.load_bytes(clip, options=options).frames),
+                "decode_hand_f32": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames),
+                "decode_hand_uint8": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames, u8),
+            }
+            for name, fn in end_to_end.items():
+                out[f"{name}_clips_per_s"], out[f"{name}_ms"] = _mean_rate(fn, n)
+            out["with_processor_clips_per_s"] = out["decode_hand_f32_clips_per_s"]
+            out["video_clips_per_core_per_s"] = out["decode_hand_f32_clips_per_s"]
+            out["hand_f32_vs_hf_processor"] = out["decode_hand_f32_clips_per_s"] / out["decode_hf_processor_clips_per_s"]
+            out["hand_uint8_vs_hf_processor"] = out["decode_hand_uint8_clips_per_s"] / out["decode_hf_processor_clips_per_s"]
+            hand = adapter.process("video", frames)[0].features["pixel_values_videos"]
+            hf = adapter.process_hf("video", frames)[0].features["pixel_values_videos"]
+            out["hand_vs_hf_max_abs_diff"] = float(np.abs(hand - hf).max())
+            out["hand_vs_hf_uint8_equal"] = bool(np.array_equal(adapter.process("video", frames, u8)[0].features["pixel_values_videos"],
+                                                                adapter.process_hf("video", frames, u8)[0].features["pixel_values_videos"]))
     return out
