@@ -106,6 +106,24 @@ def _mean_rate(fn: Callable[[], Any], n: int, warmup: int = 1) -> tuple[float, f
     return 1.0 / dt, dt * 1e3
 
 
+def _interleaved_rates(fns: dict[str, Callable[[], Any]], n: int, warmup: int = 1) -> dict[str, tuple[float, float]]:
+    """Per name: (calls per second, mean ms per call) over ``n`` calls each, taken round-robin.
+
+    Round-robin rather than one after the other, so a burst of load from something else on
+    a shared machine lands on every variant alike and the ratios between them hold.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    total = dict.fromkeys(fns, 0.0)
+    for _ in range(n):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            total[name] += time.perf_counter() - t0
+    return {name: (n / dt, dt / n * 1e3) for name, dt in total.items()}
+
+
 # --------------------------------------------------------------------------- images
 
 def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height: int = 1080) -> dict[str, Any]:
@@ -119,7 +137,7 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     - ``ray_mm_hf``: the same media path + the adapter's ``process_hf`` (the HF fast processor),
       so ``ray_mm_vs_ray_mm_hf`` is the hand path against the processor with everything else equal;
     - ``*_uint8``: the opt-in uint8 transport (the CPU side stops before rescale/normalise).
-    All use the model directory's processor settings. ``hand_vs_hf_max_abs_diff`` /
+    All use the model directory's processor settings and are timed round-robin. ``hand_vs_hf_max_abs_diff`` /
     ``hand_vs_hf_uint8_equal``: the hand path's output against the HF processor's on this image.
     """
     from PIL import Image
@@ -157,8 +175,8 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
             "ray_mm_uint8_draft": lambda: adapter.process(
                 "image", image_io.load_bytes(jpeg, draft_size=draft), {"transport": "uint8"}),
         }
-        for name, fn in runs.items():
-            out[name], out[f"{name}_ms"] = _mean_rate(fn, n)
+        for name, (rate, ms) in _interleaved_rates(runs, n).items():
+            out[name], out[f"{name}_ms"] = rate, ms
         out["decode_ms"] = _mean_rate(decode, n)[1]
     feats = adapter.process("image", decode())[0]
     hf_feats = adapter.process_hf("image", decode())[0].features["pixel_values"]
@@ -210,7 +228,8 @@ def video_sampling(
     """16 frames out of a 10 s 360p H.264 clip, one thread: ray-mm's forward pass vs a seek per frame.
 
     ``clips_per_s`` is decode + sampling only (``VideoMediaIO.load_bytes``). With ``model_dir``
-    decode + pixels is timed end to end, per clip, four ways (``*_clips_per_s`` and ``*_ms``):
+    decode + pixels is timed end to end, per clip, four ways taken round-robin (``*_clips_per_s``
+    and ``*_ms``):
 
     - ``decode_only``: the same as ``clips_per_s``, measured alongside the others;
     - ``decode_hf_processor``: + the HF video processor (the adapter's ``process_hf``);
@@ -257,8 +276,8 @@ def video_sampling(
                 "decode_hand_f32": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames),
                 "decode_hand_uint8": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames, u8),
             }
-            for name, fn in end_to_end.items():
-                out[f"{name}_clips_per_s"], out[f"{name}_ms"] = _mean_rate(fn, n)
+            for name, (rate, ms) in _interleaved_rates(end_to_end, n).items():
+                out[f"{name}_clips_per_s"], out[f"{name}_ms"] = rate, ms
             out["with_processor_clips_per_s"] = out["decode_hand_f32_clips_per_s"]
             out["video_clips_per_core_per_s"] = out["decode_hand_f32_clips_per_s"]
             out["hand_f32_vs_hf_processor"] = out["decode_hand_f32_clips_per_s"] / out["decode_hf_processor_clips_per_s"]
