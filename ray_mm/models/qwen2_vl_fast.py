@@ -251,7 +251,24 @@ class QwenPixelPath:
         self._resize_op = (
             torch._C._nn._upsample_bicubic2d_aa if s.interpolation == "bicubic" else torch._C._nn._upsample_bilinear2d_aa
         )
+        self._check_resize_op()
         self._local = threading.local()
+
+    def _check_resize_op(self) -> None:
+        """The private aten op (called for its ``out=``) must still equal ``F.interpolate``; else refuse.
+
+        A guard against a torch upgrade renaming or changing it: one tiny resize at construction.
+        """
+        probe = torch.arange(2 * 11 * 9 * 3, dtype=torch.uint8).view(2, 11, 9, 3).permute(0, 3, 1, 2)
+        out = torch.empty((2, 5, 4, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        try:
+            self._resize_op(probe, [5, 4], False, None, None, out=out)
+        except (RuntimeError, TypeError) as exc:
+            raise FastPathUnsupported(f"aten resize op unusable: {exc}") from exc
+        expected = torch.nn.functional.interpolate(probe, size=[5, 4], mode=self.settings.interpolation,
+                                                   align_corners=False, antialias=True)
+        if not torch.equal(out, expected):
+            raise FastPathUnsupported("aten resize op differs from F.interpolate")
 
     @classmethod
     def from_processor(cls, proc: Any) -> QwenPixelPath:

@@ -182,6 +182,32 @@ def test_frames_adapter_images_match_processor(model_dir: Path, hf: Any) -> None
     assert [i.grid_thw for i in items] == ref["image_grid_thw"].tolist()
 
 
+def test_pil_modes_and_large_images_match_processor(bench_dir: Path) -> None:
+    """Palette, alpha, 16-bit, CMYK, RGB with a transparency key, a cropped view, and a 4K image
+    (too big for Pillow's single-block export, so it takes the copying branch)."""
+    from transformers import AutoProcessor
+
+    hf = AutoProcessor.from_pretrained(bench_dir)
+    adapter = _hand_only(bench_dir)
+    rng = np.random.default_rng(22)
+    keyed = Image.fromarray(_rgb(160, 120, 23))
+    keyed.info["transparency"] = (0, 0, 0)
+    images = [
+        Image.fromarray(_rgb(160, 120, 24)).convert("P"),
+        Image.fromarray(rng.integers(0, 255, (120, 160, 2), dtype=np.uint8), "LA"),
+        Image.fromarray(rng.integers(0, 65535, (120, 160), dtype=np.uint16)),
+        Image.fromarray(_rgb(160, 120, 25)).convert("CMYK"),
+        keyed,
+        Image.fromarray(_rgb(600, 500, 26)).crop((13, 7, 411, 333)),
+        Image.fromarray(_rgb(3840, 2160, 27)),
+    ]
+    ref = hf(text=[_request(images, [])], images=images, return_tensors="np")
+    for img, exp, grid in zip(images, _slices(ref["pixel_values"], ref["image_grid_thw"]), ref["image_grid_thw"], strict=True):
+        (item,) = adapter.process("image", img)
+        assert item.grid_thw == grid.tolist(), img.mode
+        np.testing.assert_allclose(item.features["pixel_values"], exp, atol=1e-5, rtol=0, err_msg=img.mode)
+
+
 # --------------------------------------------------------------------------- fallback and HF mode
 
 
@@ -213,6 +239,26 @@ def test_hand_only_adapter_really_refuses_the_processor(qwen2_vl_dir: Path) -> N
         adapter.process_hf("image", img)
     with pytest.raises(AssertionError, match="fell back"):
         adapter.process_hf("video", _video(2, 40, 30, 21))
+
+
+def test_resample_settings(qwen2_vl_dir: Path) -> None:
+    """Bilinear (natively uint8 in torchvision on x86 AVX2+/arm64) is reproduced; nearest / Lanczos are refused."""
+    from transformers import Qwen2VLImageProcessor
+
+    img = Image.fromarray(_rgb(333, 517, 28))
+    for resample, name in ((3, "bicubic"), (2, "bilinear")):
+        proc = Qwen2VLImageProcessor(resample=resample)
+        try:
+            path = QwenPixelPath.from_processor(proc)
+        except FastPathUnsupported:
+            assert resample == 2  # bilinear on a CPU where torchvision goes through float32
+            continue
+        assert path.settings.interpolation == name
+        ref = proc(images=[img], return_tensors="np")
+        np.testing.assert_array_equal(path.image(img).values, ref["pixel_values"])
+    for resample in (0, 1):  # nearest, Lanczos
+        with pytest.raises(FastPathUnsupported, match="resample"):
+            QwenPixelPath.from_processor(Qwen2VLImageProcessor(resample=resample))
 
 
 def test_hf_mode_calls_the_processor(qwen2_vl_dir: Path) -> None:
