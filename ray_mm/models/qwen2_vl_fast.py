@@ -225,14 +225,17 @@ class QwenPixelPath:
 
     How it matches HF bit for bit while doing less work:
 
+    - input: an RGB PIL image is read in place (Pillow's own RGBX memory, no 3-byte repack);
+      other PIL modes go through the processor's own RGB conversion;
     - resize: the same aten antialiased uint8 kernel torchvision calls, on a channels-last
       view of the HWC pixels (no CHW copy first) and into an arena buffer (``out=``);
       skipped when smart-resize keeps the size, as torchvision does;
     - normalise: u8 -> f32, ``sub_(mean / rescale)``, ``div_(std / rescale)``, the processor's
-      fused constants computed the same way and applied in the same float op order;
-    - patchify: one strided copy from the normalised band into the caller's fresh output,
-      temporal tiling of images / padding of videos by repeating the last frame done by
-      a broadcast view, not by a copy.
+      fused constants computed the same way and applied in the same float op order, one
+      cache-sized band of rows at a time;
+    - patchify: one strided copy from the normalised band into the caller's fresh output;
+      temporal tiling of images / padding of videos by repeating the last frame is a
+      broadcast view of the band, not a copy of the frames.
 
     Scratch comes from a per-thread :class:`ScratchArena` (threads never share scratch).
     Runs with torch's current thread settings.

@@ -241,7 +241,7 @@ def test_hand_only_adapter_really_refuses_the_processor(qwen2_vl_dir: Path) -> N
         adapter.process_hf("video", _video(2, 40, 30, 21))
 
 
-def test_resample_settings(qwen2_vl_dir: Path) -> None:
+def test_resample_settings() -> None:
     """Bilinear (natively uint8 in torchvision on x86 AVX2+/arm64) is reproduced; nearest / Lanczos are refused."""
     from transformers import Qwen2VLImageProcessor
 
