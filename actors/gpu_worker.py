@@ -8,6 +8,7 @@ and the request is served again.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import threading
@@ -64,6 +65,17 @@ def _first_shape_mismatch(items: list[dict[str, Any]], described: list[dict[str,
     return None
 
 
+def feature_digest(item: dict[str, Any]) -> str:
+    """sha256 of one item's feature arrays (names, dtypes, shapes and bytes), to compare with in-process output."""
+    digest = hashlib.sha256()
+    for key in sorted(item):
+        value = item[key]
+        if isinstance(value, np.ndarray):
+            digest.update(f"{key}|{value.dtype}|{value.shape}|".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
 def _noop_consumer(request: Any, features: list[dict[str, Any]]) -> int:
     return int(request.placeholder_tokens)
 
@@ -86,7 +98,7 @@ class GpuWorker:
         self.adapter = load_adapter(model_dir, adapter)
         if self.cfg.consumer == "vision_tower":
             self.consumer: Any = VisionTowerConsumer(model_dir, adapter, self.device)
-        elif self.cfg.consumer == "noop":
+        elif self.cfg.consumer in ("noop", "digest"):
             self.consumer = _noop_consumer
         else:
             module, _, fn = self.cfg.consumer.partition(":")
@@ -192,6 +204,8 @@ class GpuWorker:
             "zero_copy": zero_copy,
             "consume_s": round(time.perf_counter() - t0, 6),
         }
+        if self.cfg.consumer == "digest":
+            summary["feature_digests"] = [feature_digest(item) for item in items]
         if embeddings != request.placeholder_tokens:
             summary["error"] = {
                 "type": "AlignmentError",

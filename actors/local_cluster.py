@@ -73,11 +73,19 @@ class LocalCluster:
 
 
 def start_local_cluster(
-    spec: LocalClusterSpec | None = None, object_store_bytes: int = 256 << 20, connect: bool = True
+    spec: LocalClusterSpec | None = None, object_store_bytes: int = 256 << 20, connect: bool = True,
+    preallocate_object_store: bool = True,
 ) -> LocalCluster:
-    """Start the head and nodes of ``spec``, all on 127.0.0.1, and connect this driver to it."""
+    """Start the head and nodes of ``spec``, all on 127.0.0.1, and connect this driver to it.
+
+    ``preallocate_object_store`` has each node's plasma store fault in its memory at start
+    (``RAY_preallocate_plasma_memory``; nodes added later inherit it from this process), so a
+    ``put`` writes to mapped pages: a 23 MB numpy put took about half the time here.
+    """
     spec = spec or LocalClusterSpec()
     loopback_env()
+    if preallocate_object_store:
+        os.environ["RAY_preallocate_plasma_memory"] = "1"
     import ray
     from ray.cluster_utils import Cluster
 

@@ -12,12 +12,14 @@ raised, so Ray does not retry it and the other entries still count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
 
 import ray
 
+from ray_mm.buffers import CallArena, output_arena
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError
 from ray_mm.types import MediaSpec
@@ -25,7 +27,8 @@ from ray_mm.types import MediaSpec
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class MediaWorker:
-    def __init__(self, model_dir: str, core_config: dict[str, Any], adapter: str | None = None) -> None:
+    def __init__(self, model_dir: str, core_config: dict[str, Any], adapter: str | None = None,
+                 reuse_output_buffers: bool = True) -> None:
         # One decode/processing thread per worker: scale with workers, not threads (DESIGN.md, "Threads").
         os.environ["OMP_NUM_THREADS"] = "1"
         import torch
@@ -36,6 +39,9 @@ class MediaWorker:
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.processed = 0
+        # Outputs of one call live in this arena until Ray has copied the call's return value into
+        # the object store, which it does before it runs the next call (ray_mm.buffers).
+        self.arena = CallArena() if reuse_output_buffers else None
 
     def ready(self) -> str:
         return self.node_id
@@ -46,10 +52,14 @@ class MediaWorker:
         its position among the items before it)."""
         metas: list[dict[str, Any]] = []
         features: list[Any] = []
-        for spec in specs:
-            meta, feats = self._process_one(spec)
-            metas.append(meta)
-            features.extend(feats)
+        with contextlib.ExitStack() as stack:
+            if self.arena is not None:
+                self.arena.reset()  # the previous call's outputs are in the object store by now
+                stack.enter_context(output_arena(self.arena))
+            for spec in specs:
+                meta, feats = self._process_one(spec)
+                metas.append(meta)
+                features.extend(feats)
         return metas, features
 
     def _process_one(self, spec: MediaSpec) -> tuple[dict[str, Any], list[Any]]:
@@ -72,6 +82,8 @@ class MediaWorker:
         return {
             "node_id": self.node_id,
             "processed": self.processed,
+            "output_arena_allocations": None if self.arena is None else self.arena.allocations,
+            "output_arena_bytes": None if self.arena is None else self.arena.capacity,
             "pid": os.getpid(),
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "rss_kb": _rss_kb(),

@@ -64,7 +64,7 @@ class Pool:
         self.media_workers = [
             MediaWorker.options(
                 num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=name
-            ).remote(self.model_dir, core, self.adapter)
+            ).remote(self.model_dir, core, self.adapter, cfg.reuse_output_buffers)
             for name in worker_names
         ]
         self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})

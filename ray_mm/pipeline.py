@@ -8,6 +8,7 @@ records for the same input.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .align import align
+from .buffers import active_arena
 from .cache import FeatureCache
 from .config import RayMMConfig
 from .errors import InternalError, MediaLimitError, MMError, RequestError
@@ -108,7 +110,7 @@ class Preprocessor:
                 item.meta.timings = {"fetch_s": fetched.fetch_s, "decode_s": 0.0, "process_s": 0.0, "cache_hit": 1.0}
             return cached
         results = self.process_decoded(spec, self.loader.decode(load_spec, fetched), load_spec, proc_options)
-        self.cache.put(cache_key, results)
+        self.cache.put(cache_key, _outliving_the_call(results))
         return results
 
     def process_decoded(
@@ -234,6 +236,16 @@ def _draft_size(target: Any) -> Any:
         return tuple(target(width, height))
 
     return size
+
+
+def _outliving_the_call(items: list[ProcessedItem]) -> list[ProcessedItem]:
+    """``items`` with any array that lives in the active per-call output arena copied out, for a
+    holder (the cache) that keeps them past the call."""
+    arena = active_arena()
+    if arena is None:
+        return items
+    return [dataclasses.replace(item, features={k: np.array(v) if isinstance(v, np.ndarray) and arena.holds(v) else v
+                                                for k, v in item.features.items()}) for item in items]
 
 
 def group_items(specs: list[MediaSpec], per_spec: list[list[ItemMeta]]) -> dict[str, list[ItemMeta]]:

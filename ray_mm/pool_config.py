@@ -40,6 +40,12 @@ class PoolConfig(BaseModel):
         default=None, description="Ask Ray for num_gpus=1 per GPU worker. None: only if the cluster has GPUs."
     )
     worker_num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per media worker.")
+    reuse_output_buffers: bool = Field(
+        default=True,
+        description="Media workers build each call's feature arrays in one reused, grow-only buffer (ray_mm.buffers) "
+        "instead of fresh allocations whose pages fault in on first touch; Ray copies them into the object store "
+        "before the next call. The buffer grows to the largest call's features.",
+    )
     max_inflight_requests: int = Field(
         default=64, ge=1, description="Admission limit: requests held by the coordinator; past it submit raises."
     )
@@ -50,8 +56,9 @@ class PoolConfig(BaseModel):
     request_timeout_s: float = Field(default=120.0, gt=0, description="End-to-end deadline of one request in the pool.")
     consumer: str = Field(
         default="vision_tower",
-        description="GPU-side consumer: 'vision_tower' (the model's encoder from config.json), 'noop', "
-        "or 'module:function' for an engine's own step.",
+        description="GPU-side consumer: 'vision_tower' (the model's encoder from config.json), 'noop', 'digest' "
+        "(noop plus a sha256 per item's features in the record, for checks), or 'module:function' for an engine's "
+        "own step.",
     )
     consumer_delay_s: float = Field(default=0.0, ge=0, description="Extra sleep per consumed request (tests of backpressure).")
     min_pool_wait_s: float = Field(default=60.0, gt=0, description="How long to wait for the minimum pool to be placed.")

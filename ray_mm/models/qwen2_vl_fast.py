@@ -10,8 +10,10 @@ HF processor instead.
 
 Buffer ownership: only *scratch* (the resized uint8 frames and the float32 band used
 for normalisation) lives in the arena and is reused across calls. Every returned
-array is freshly allocated and owned by the caller, who may keep it (the in-process
-pipeline returns it, a content-hash cache stores it).
+array is owned by the caller: freshly allocated, so it may be kept (the in-process
+pipeline returns it, a content-hash cache stores it), unless the caller activated a
+per-call output arena (:mod:`ray_mm.buffers`, media workers only), where it lives until
+the caller's next call.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ray_mm.buffers import new_output
 
 __all__ = ["FastPathUnsupported", "PixelResult", "PixelSettings", "QwenPixelPath", "ScratchArena"]
 
@@ -387,11 +391,11 @@ class QwenPixelPath:
         num_frames, _, height, width = (int(x) for x in frames.shape)
         grid_h, grid_w = height // p, width // p
         rows_per_group = grid_h * grid_w
-        # Fresh caller-owned output, allocated like the HF path's (torch.empty, seen as numpy), so both
-        # pay the same first-touch page faults. Not np.empty: numpy asks for transparent huge pages
-        # on big arrays, and on this VM a fresh 45 MB array then measured ~100 ms to fill once
-        # earlier results stayed alive (against ~17 ms with 4 KiB pages).
-        out = torch.empty((grid_t * rows_per_group, 3 * tp * p * p), dtype=torch.float32 if normalize else torch.uint8)
+        # Caller-owned output: fresh (torch.empty, like the HF path), or from the per-call output arena
+        # a media worker activates (ray_mm.buffers), whose pages are already mapped. Not np.empty:
+        # numpy asks for transparent huge pages on big arrays, and on this VM a fresh 45 MB array
+        # then measured ~100 ms to fill once earlier results stayed alive (~17 ms with 4 KiB pages).
+        out = new_output((grid_t * rows_per_group, 3 * tp * p * p), torch.float32 if normalize else torch.uint8)
         result = out.numpy()
         merge_rows = grid_h // m
         for g in range(grid_t):

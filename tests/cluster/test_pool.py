@@ -155,3 +155,36 @@ def test_admission_limit_and_bounded_ready_queue(
         records = list(pool.results(timeout_s=120))
     assert stats["ready"] == 2 and stats["max_ready_seen"] == 2
     assert len(records) == 6 and all(r["ok"] for r in records)
+
+
+def test_features_reach_the_gpu_worker_unchanged(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str], config: RayMMConfig
+) -> None:
+    """Byte for byte, per item and in prompt order, what the in-process pipeline produces: media
+    workers build each call's features in one reused buffer and batch a request's items per worker,
+    so a buffer reused too early or an item routed to the wrong place shows up here."""
+    from actors.gpu_worker import feature_digest
+
+    media, base = served
+    kinds = [f"{base}/big.jpg", f"{base}/shape.png", f"{base}/small.jpg"]
+    lines = []
+    for k in range(12):
+        images = [f"{kinds[(k + j) % 3]}?r={k}-{j}" for j in range(2 + k % 2)]
+        lines.append({"request_id": f"d{k}", "prompt": " ".join([IMG] * len(images)) + (f" {VID}" if k % 4 == 0 else ""),
+                      "images": images, **({"videos": [f"{base}/clip.mp4"]} if k % 4 == 0 else {})})
+    pre = Preprocessor(model_dir, config)
+    expected = {}
+    for line in lines:
+        prepared = pre.prepare(line)
+        processed = [pre.process_item(spec) for spec in prepared.request.items()]
+        alignment = pre.align_request(prepared, [[p.meta for p in group] for group in processed])
+        by_meta = {id(p.meta): p for group in processed for p in group}
+        expected[line["request_id"]] = [feature_digest(by_meta[id(item.meta)].features) for item in alignment.items]
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="digest", max_inflight_per_worker=2)
+    with Pool(str(model_dir), config, cfg) as pool:
+        records = list(pool.run([(line["request_id"], line) for line in lines]))
+        workers = pool.stats()["media_workers"]
+    assert len(records) == len(lines) and all(r["ok"] for r in records), [r.get("error") for r in records]
+    for rec in records:
+        assert rec["consumer"]["feature_digests"] == expected[rec["request_id"]], rec["request_id"]
+    assert all(w["output_arena_allocations"] is not None for w in workers)  # the reused buffer was on
