@@ -24,3 +24,5 @@ if __name__ == "__main__":
           f"({r['ray_mm_vs_ray_mm_hf']:.2f}x), uint8 transport {r['ray_mm_uint8']:.1f}/s vs {r['ray_mm_uint8_hf']:.1f}/s "
           f"({r['ray_mm_uint8_vs_ray_mm_uint8_hf']:.2f}x); max abs diff {r['hand_vs_hf_max_abs_diff']:.3g}, "
           f"uint8 identical: {r['hand_vs_hf_uint8_equal']}")
+    print(f"output in the worker's reused per-call arena vs a fresh output array: {r['ray_mm']:.1f}/s vs "
+          f"{r['ray_mm_fresh_output']:.1f}/s ({r['arena_vs_fresh_output']:.2f}x)")

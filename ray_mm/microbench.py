@@ -126,6 +126,20 @@ def _interleaved_rates(fns: dict[str, Callable[[], Any]], n: int, warmup: int = 
 
 # --------------------------------------------------------------------------- images
 
+def _worker_call(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` as a media worker runs it: its outputs in a per-call arena, reset at each call."""
+    from .buffers import CallArena, output_arena
+
+    arena = CallArena()
+
+    def call() -> Any:
+        arena.reset()
+        with output_arena(arena):
+            return fn()
+
+    return call
+
+
 def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height: int = 1080) -> dict[str, Any]:
     """1080p JPEG bytes to Qwen2-VL ``pixel_values`` on one thread, several ways, JPEG decode included in all.
 
@@ -133,7 +147,9 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     - ``hf_fast``: Pillow decode + transformers' ``Qwen2VLImageProcessor`` (torchvision);
     - ``ray_mm``: ray-mm's media worker path: ``ImageMediaIO.load_bytes`` (header check, EXIF, RGB)
       + the model adapter's ``process`` (numpy features out), which runs the hand-tuned pixel
-      path (:mod:`ray_mm.models.qwen2_vl_fast`);
+      path (:mod:`ray_mm.models.qwen2_vl_fast`), outputs in the worker's reused per-call arena
+      (:mod:`ray_mm.buffers`); ``ray_mm_fresh_output``: the same with a fresh output array per
+      call (the in-process pipeline's way);
     - ``ray_mm_hf``: the same media path + the adapter's ``process_hf`` (the HF fast processor),
       so ``ray_mm_vs_ray_mm_hf`` is the hand path against the processor with everything else equal;
     - ``*_uint8``: the opt-in uint8 transport (the CPU side stops before rescale/normalise).
@@ -166,14 +182,15 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
         runs = {
             "hf_pil": lambda: hf_pil(images=[decode()], return_tensors="np"),
             "hf_fast": lambda: hf_fast(images=[decode()], return_tensors="pt"),
-            "ray_mm": lambda: adapter.process("image", image_io.load_bytes(jpeg)),
+            "ray_mm": _worker_call(lambda: adapter.process("image", image_io.load_bytes(jpeg))),
+            "ray_mm_fresh_output": lambda: adapter.process("image", image_io.load_bytes(jpeg)),
             "ray_mm_hf": lambda: adapter.process_hf("image", image_io.load_bytes(jpeg)),
             # Opt-in uint8 transport: the CPU side stops before rescale/normalise (done on the GPU worker).
-            "ray_mm_uint8": lambda: adapter.process("image", image_io.load_bytes(jpeg), {"transport": "uint8"}),
+            "ray_mm_uint8": _worker_call(lambda: adapter.process("image", image_io.load_bytes(jpeg), {"transport": "uint8"})),
             "ray_mm_uint8_hf": lambda: adapter.process_hf("image", image_io.load_bytes(jpeg), {"transport": "uint8"}),
             # Opt-in draft JPEG decode on top of uint8 transport (RayMMConfig.jpeg_draft).
-            "ray_mm_uint8_draft": lambda: adapter.process(
-                "image", image_io.load_bytes(jpeg, draft_size=draft), {"transport": "uint8"}),
+            "ray_mm_uint8_draft": _worker_call(lambda: adapter.process(
+                "image", image_io.load_bytes(jpeg, draft_size=draft), {"transport": "uint8"})),
         }
         for name, (rate, ms) in _interleaved_rates(runs, n).items():
             out[name], out[f"{name}_ms"] = rate, ms
@@ -195,6 +212,7 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
     out["ray_mm_uint8_vs_hf_pil"] = out["ray_mm_uint8"] / out["hf_pil"]
     out["ray_mm_vs_hf_fast"] = out["ray_mm"] / out["hf_fast"]
     out["ray_mm_vs_ray_mm_hf"] = out["ray_mm"] / out["ray_mm_hf"]
+    out["arena_vs_fresh_output"] = out["ray_mm"] / out["ray_mm_fresh_output"]
     out["ray_mm_uint8_vs_ray_mm_uint8_hf"] = out["ray_mm_uint8"] / out["ray_mm_uint8_hf"]
     return out
 
@@ -273,14 +291,17 @@ def video_sampling(
             end_to_end = {
                 "decode_only": lambda: vio.load_bytes(clip, options=options),
                 "decode_hf_processor": lambda: adapter.process_hf("video", vio.load_bytes(clip, options=options).frames),
-                "decode_hand_f32": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames),
-                "decode_hand_uint8": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames, u8),
+                "decode_hand_f32": _worker_call(lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames)),
+                "decode_hand_f32_fresh_output": lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames),
+                "decode_hand_uint8": _worker_call(
+                    lambda: adapter.process("video", vio.load_bytes(clip, options=options).frames, u8)),
             }
             for name, (rate, ms) in _interleaved_rates(end_to_end, n).items():
                 out[f"{name}_clips_per_s"], out[f"{name}_ms"] = rate, ms
             out["with_processor_clips_per_s"] = out["decode_hand_f32_clips_per_s"]
             out["video_clips_per_core_per_s"] = out["decode_hand_f32_clips_per_s"]
             out["hand_f32_vs_hf_processor"] = out["decode_hand_f32_clips_per_s"] / out["decode_hf_processor_clips_per_s"]
+            out["arena_vs_fresh_output"] = out["decode_hand_f32_clips_per_s"] / out["decode_hand_f32_fresh_output_clips_per_s"]
             out["hand_uint8_vs_hf_processor"] = out["decode_hand_uint8_clips_per_s"] / out["decode_hf_processor_clips_per_s"]
             hand = adapter.process("video", frames)[0].features["pixel_values_videos"]
             hf = adapter.process_hf("video", frames)[0].features["pixel_values_videos"]
