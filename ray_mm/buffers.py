@@ -34,10 +34,13 @@ class CallArena:
 
     When a call needs more than the buffer holds, a larger buffer replaces it; outputs
     already handed out keep the old one alive through their own references, so they stay
-    valid. From then on calls of that size reuse the larger buffer.
+    valid. From then on calls of that size reuse the larger buffer. A buffer larger than
+    ``max_retained_bytes`` is let go at the next reset, so one outsized request (many items)
+    does not hold a worker's memory up for good.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_retained_bytes: int = 256 << 20) -> None:
+        self.max_retained_bytes = max_retained_bytes
         self._buffer: torch.Tensor | None = None
         self._used = 0
         self._call_bytes = 0  # everything handed out since reset, across buffers
@@ -54,6 +57,8 @@ class CallArena:
         """Forget every output handed out so far: only once the last call's outputs are stored elsewhere."""
         self._used = 0
         self._call_bytes = 0
+        if self.capacity > self.max_retained_bytes:
+            self._buffer = None
 
     def take(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape`` and ``dtype`` inside the buffer."""

@@ -53,6 +53,17 @@ def test_growth_keeps_earlier_outputs_valid() -> None:
     assert arena.allocations == 2 and again.data_ptr() == arena.buffer_ptr()
 
 
+def test_an_outsized_buffer_is_let_go_at_reset() -> None:
+    arena = CallArena(max_retained_bytes=1 << 20)
+    arena.take((1 << 16,), torch.float32)  # 256 KiB: kept
+    arena.reset()
+    assert arena.capacity == 1 << 18
+    arena.take((1 << 19,), torch.float32)  # 2 MiB: over the bound
+    assert arena.capacity >= 1 << 21
+    arena.reset()
+    assert arena.capacity == 0 and arena.buffer_ptr() == 0
+
+
 def test_new_output_is_fresh_without_an_arena() -> None:
     assert active_arena() is None
     x, y = new_output((64,), torch.float32), new_output((64,), torch.float32)
