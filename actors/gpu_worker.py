@@ -99,7 +99,7 @@ class GpuWorker:
         if self.cfg.consumer == "vision_tower":
             self.consumer: Any = VisionTowerConsumer(model_dir, adapter, self.device)
         elif self.cfg.consumer in ("noop", "digest"):
-            self.consumer = _noop_consumer
+            self.consumer = _noop_consumer  # not called: see _consume
         else:
             module, _, fn = self.cfg.consumer.partition(":")
             self.consumer = getattr(importlib.import_module(module), fn)
@@ -188,9 +188,14 @@ class GpuWorker:
         self.zero_copy_checked += len(arrays)
         self.copies_seen += sum(1 for a in arrays if a.flags.writeable)
         self.bytes_in += sum(a.nbytes for a in arrays)
-        # uint8 transport is normalised here, on the device (identity for float32 transport).
-        tensors = [self.adapter.finish_features(item) for item in self._to_device(items)]
-        embeddings = self.consumer(request, tensors)
+        if self.cfg.consumer in ("noop", "digest"):
+            # Pulled and read, nothing run on them, not even uint8 normalisation: that is GPU work,
+            # and on a simulated GPU node it would take CPU from the media workers it is measured against.
+            embeddings = _noop_consumer(request, [])
+        else:
+            # uint8 transport is normalised here, on the device (identity for float32 transport).
+            tensors = [self.adapter.finish_features(item) for item in self._to_device(items)]
+            embeddings = self.consumer(request, tensors)
         if self.cfg.consumer_delay_s:
             time.sleep(self.cfg.consumer_delay_s)
         self.consumed += 1

@@ -56,7 +56,8 @@ class PoolConfig(BaseModel):
     request_timeout_s: float = Field(default=120.0, gt=0, description="End-to-end deadline of one request in the pool.")
     consumer: str = Field(
         default="vision_tower",
-        description="GPU-side consumer: 'vision_tower' (the model's encoder from config.json), 'noop', 'digest' "
+        description="GPU-side consumer: 'vision_tower' (the model's encoder from config.json), 'noop' (features "
+        "read, nothing run on them, not even uint8 normalisation), 'digest' "
         "(noop plus a sha256 per item's features in the record, for checks), or 'module:function' for an engine's "
         "own step.",
     )
