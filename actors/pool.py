@@ -168,6 +168,11 @@ class Pool:
                 raise TimeoutError(f"{len(self.pending)} requests still pending after {timeout_s} s")
             yield from self._poll()
 
+    def poll(self, wait_s: float = 0.5) -> list[dict[str, Any]]:
+        """The records finished so far, waiting up to ``wait_s`` for the first (each emitted once).
+        For a front end that submits as requests arrive and collects between arrivals."""
+        return self._poll(wait_s)
+
     def _poll(self, wait_s: float = 0.5) -> list[dict[str, Any]]:
         incarnation: int | None = None
         try:

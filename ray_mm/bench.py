@@ -587,7 +587,7 @@ def paced_pool(pool: Any, plan: PacedPlan, workers: int) -> dict[str, Any]:
             pool.submit(line, rid)
             k += 1
         wait = 0.5 if k >= n else plan.arrivals[k] - (time.perf_counter() - t0)
-        for rec in pool._poll(wait_s=min(max(wait, 0.0), 0.5)):
+        for rec in pool.poll(wait_s=min(max(wait, 0.0), 0.5)):
             j = index.get(rec["request_id"])
             if j is not None:
                 done[j] = time.perf_counter() - t0
