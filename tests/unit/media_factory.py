@@ -202,3 +202,22 @@ def make_audio(
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return buf.getvalue()
+
+
+def noisy_rgb(width: int, height: int, seed: int) -> np.ndarray:
+    """HWC uint8: a smooth gradient plus noise, so resizes are exercised on structure and high frequencies."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), (x + y) % 256], axis=-1)
+    return np.clip(base + rng.integers(-40, 40, size=(height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def noisy_video(frames: int = 8, height: int = 360, width: int = 640, seed: int = 7) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames: a moving pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)[:, None, None, None]
+    y = np.arange(height)[None, :, None, None]
+    x = np.arange(width)[None, None, :, None]
+    c = np.arange(3)[None, None, None, :]
+    base = (x * 2 + y + t * 17 + c * 50) % 256
+    return np.clip(base + rng.integers(-20, 20, size=(frames, height, width, 3)), 0, 255).astype(np.uint8)

@@ -14,27 +14,16 @@ import torch
 from PIL import Image
 
 from ray_mm.models import Qwen2VLAdapter, load_adapter
+from tests.unit.media_factory import noisy_rgb, noisy_video
 
 IMAGE_SIZES = [(20, 30), (333, 517), (1920, 1080), (64, 48)]  # (width, height)
 
 
 def _image(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    # Smooth gradient plus noise: exercises resize on both structure and high frequencies.
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), (x + y) % 256], axis=-1)
-    noise = rng.integers(-40, 40, size=(height, width, 3))
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+    return Image.fromarray(noisy_rgb(width, height, seed), "RGB")
 
 
-def _video(frames: int = 8, height: int = 360, width: int = 640, seed: int = 7) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(frames)[:, None, None, None]
-    y = np.arange(height)[None, :, None, None]
-    x = np.arange(width)[None, None, :, None]
-    c = np.arange(3)[None, None, None, :]
-    base = (x * 2 + y + t * 17 + c * 50) % 256
-    return np.clip(base + rng.integers(-20, 20, size=(frames, height, width, 3)), 0, 255).astype(np.uint8)
+_video = noisy_video
 
 
 def _expand(ids: list[int], token_ids: dict[str, int], counts: dict[str, list[int]]) -> list[int]:

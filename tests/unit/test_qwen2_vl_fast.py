@@ -21,17 +21,13 @@ from PIL import Image
 from ray_mm.microbench import make_bench_model
 from ray_mm.models.qwen2_vl import Qwen2VLAdapter
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, QwenPixelPath
+from tests.unit.media_factory import noisy_rgb, noisy_video
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VID = "<|vision_start|><|video_pad|><|vision_end|>"
 
 
-def _rgb(width: int, height: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    # Smooth gradient plus noise: exercises resize on both structure and high frequencies.
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), (x + y) % 256], axis=-1)
-    return np.clip(base + rng.integers(-40, 40, size=(height, width, 3)), 0, 255).astype(np.uint8)
+_rgb = noisy_rgb
 
 
 def _jpeg_decoded(width: int, height: int, seed: int) -> Image.Image:
@@ -41,14 +37,7 @@ def _jpeg_decoded(width: int, height: int, seed: int) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def _video(frames: int, height: int, width: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(frames)[:, None, None, None]
-    y = np.arange(height)[None, :, None, None]
-    x = np.arange(width)[None, None, :, None]
-    c = np.arange(3)[None, None, None, :]
-    base = (x * 2 + y + t * 17 + c * 50) % 256
-    return np.clip(base + rng.integers(-20, 20, size=(frames, height, width, 3)), 0, 255).astype(np.uint8)
+_video = noisy_video
 
 
 def _images() -> list[Any]:
