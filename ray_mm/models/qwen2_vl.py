@@ -182,46 +182,36 @@ class Qwen2VLAdapter(ModelAdapter):
         hand = self._hand_pixels("image", image, options)
         if hand is not None:
             return self._item_from_pixels("image", hand)
-        ip = self.processor.image_processor
-        kwargs = dict(self._default_kwargs.get("images_kwargs", {}))
-        size = _size_from_options(ip.size, options)
-        if size is not None:
-            kwargs["size"] = size
-        kwargs.update(_transport_kwargs(options))
-        out = ip(images=[image], return_tensors="pt", **kwargs)
-        feats = as_numpy_features(out, ("pixel_values", "image_grid_thw"))
-        grid = [int(x) for x in feats["image_grid_thw"][0]]
-        merge = int(kwargs.get("merge_size") or ip.merge_size)
-        return ItemFeatures(
-            modality="image",
-            features=feats,
-            primary="pixel_values",
-            num_tokens=math.prod(grid) // merge**2,
-            grid_thw=grid,
-        )
+        return self._hf_item("image", self.processor.image_processor, image, options)
 
     def process_video(self, frames: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
-        vp = self.processor.video_processor
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"video frames must be a (T, H, W, 3) array, got shape {tuple(frames.shape)}")
         hand = self._hand_pixels("video", frames, options)
         if hand is not None:
             return self._item_from_pixels("video", hand)
-        kwargs = dict(self._default_kwargs.get("videos_kwargs", {}))
-        size = _size_from_options(vp.size, options)
+        # Frames arrive already sampled by the media layer.
+        return self._hf_item("video", self.processor.video_processor, frames, options, do_sample_frames=False)
+
+    def _hf_item(self, modality: str, proc: Any, data: Any, options: Mapping[str, Any] | None, **extra: Any) -> ItemFeatures:
+        """One item through the HF sub-processor ``proc``, with the processor's default call arguments,
+        the client's size options and the transport."""
+        pixels_key, grid_key = ("pixel_values", "image_grid_thw") if modality == "image" else ("pixel_values_videos", "video_grid_thw")
+        kwargs = dict(self._default_kwargs.get(f"{modality}s_kwargs", {}))
+        size = _size_from_options(proc.size, options)
         if size is not None:
             kwargs["size"] = size
-        kwargs["do_sample_frames"] = False  # frames arrive already sampled by the media layer
+        kwargs.update(extra)
         kwargs.update(_transport_kwargs(options))
-        out = vp(videos=[frames], return_tensors="pt", **kwargs)
-        feats = as_numpy_features(out, ("pixel_values_videos", "video_grid_thw"))
-        grid = [int(x) for x in feats["video_grid_thw"][0]]
-        merge = int(kwargs.get("merge_size") or vp.merge_size)
+        out = proc(**{f"{modality}s": [data]}, return_tensors="pt", **kwargs)
+        feats = as_numpy_features(out, (pixels_key, grid_key))
+        grid = [int(x) for x in feats[grid_key][0]]
+        merge = int(kwargs.get("merge_size") or proc.merge_size)
         return ItemFeatures(
-            modality="video",
+            modality=modality,
             features=feats,
-            primary="pixel_values_videos",
+            primary=pixels_key,
             num_tokens=math.prod(grid) // merge**2,
             grid_thw=grid,
         )
