@@ -102,14 +102,14 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_f
         address = f"http://{LOOPBACK}:{dash}"
         _wait_for_dashboard(address, head)
         config = request_file.parent / "config.yaml"
-        job = subprocess.run(
+        job = _submit_once_an_agent_is_up(
             [str(BIN / "ray"), "job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
              sys.executable, "-m", "ray_mm", "run", "--address", "auto", "--model", str(model_dir),
              "--requests", str(request_file), "--config", str(config), "--out", str(out),
              "--cpu-workers", "1", "--gpu-workers", "1", "--no-progress"],
-            env=_env() | auth, timeout=600, capture_output=True, text=True,
+            env=_env() | auth,
         )
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:] + _agent_log_tail(ray_tmp)
         assert "succeeded" in (job.stdout + job.stderr).lower()
     finally:
         _stop_group(head)
@@ -133,6 +133,27 @@ def _wait_for_dashboard(address: str, head: subprocess.Popen[bytes], timeout_s: 
             pass
         time.sleep(1)
     raise TimeoutError(f"no job server at {address} after {timeout_s} s")
+
+
+# The job head answers HTTP before its dashboard agent has registered; until then a submit gets a 500
+# saying so, and Ray's own advice is to try again.
+_NO_AGENT_YET = "No available agent to submit job"
+
+
+def _submit_once_an_agent_is_up(
+    args: list[str], env: dict[str, str], timeout_s: float = 180
+) -> subprocess.CompletedProcess[str]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
+        if job.returncode == 0 or _NO_AGENT_YET not in job.stdout + job.stderr or time.monotonic() > deadline:
+            return job
+        time.sleep(2)
+
+
+def _agent_log_tail(ray_tmp: str) -> str:
+    logs = sorted(Path(ray_tmp).glob("session_*/logs/dashboard_agent*.log"))
+    return "".join(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
