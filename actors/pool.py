@@ -52,7 +52,11 @@ class Pool:
         self.restarts_seen = 0
         self.driver_timeouts = 0
         self.duplicates_dropped = 0
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            self._kill_actors()  # a pool that cannot start leaves no actors waiting for resources
+            raise
 
     # -- lifecycle ---------------------------------------------------------
     def _start(self) -> None:
@@ -67,13 +71,13 @@ class Pool:
             ).remote(self.model_dir, core, self.adapter, cfg.reuse_output_buffers)
             for name in worker_names
         ]
-        self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})
+        # All actors are created before any is awaited, so their start-ups (mostly importing torch
+        # and transformers and loading the processor) overlap. Named actors are registered when
+        # created, so the coordinator and GPU workers can look their peers up before those are up.
         coordinator_name = f"ray_mm_coordinator_{self.pool_id}"
         self.coordinator = Coordinator.options(name=coordinator_name, resources=dict(cfg.coordinator_resources)).remote(
             self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, worker_names
         )
-        ray.get(self.coordinator.incarnation_id.remote())
-        self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
         use_gpus = cfg.use_gpus if cfg.use_gpus is not None else ray.cluster_resources().get("GPU", 0) >= cfg.gpu_workers > 0
         self.gpu_workers = [
             GpuWorker.options(
@@ -81,6 +85,8 @@ class Pool:
             ).remote(coordinator_name, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
             for k in range(cfg.gpu_workers)
         ]
+        self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})
+        self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
         self._wait_for("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers})
         self.gpu_runs = [w.run.remote() for w in self.gpu_workers]
 
@@ -104,7 +110,11 @@ class Pool:
             ray.wait(getattr(self, "gpu_runs", []), num_returns=len(getattr(self, "gpu_runs", [])), timeout=10)
         except Exception:
             pass  # a worker that cannot stop cleanly is killed below anyway
-        for actor in [*getattr(self, "gpu_workers", []), getattr(self, "coordinator", None), *self.media_workers]:
+        self._kill_actors()
+
+    def _kill_actors(self) -> None:
+        for actor in [*getattr(self, "gpu_workers", []), getattr(self, "coordinator", None),
+                      *getattr(self, "media_workers", [])]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
 

@@ -188,3 +188,31 @@ def test_features_reach_the_gpu_worker_unchanged(
     for rec in records:
         assert rec["consumer"]["feature_digests"] == expected[rec["request_id"]], rec["request_id"]
     assert all(w["output_arena_allocations"] is not None for w in workers)  # the reused buffer was on
+
+
+
+def _all_free(totals: dict[str, float], timeout_s: float = 30) -> bool:
+    """Whether every resource in ``totals`` is wholly available again within ``timeout_s``
+    (actors release theirs asynchronously after a kill)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        free = ray.available_resources()
+        if all(free.get(k, 0) >= v for k, v in totals.items()):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_minimum_pool_wait_names_the_missing_resource_and_leaves_nothing_behind(
+    cluster: LocalCluster, model_dir: Path, config: RayMMConfig
+) -> None:
+    """Three media workers on a cluster with two ``mm_cpu`` slots: the bounded wait ends with an
+    error that names the resource and both counts, and the actors it had started are gone."""
+    totals = {"mm_cpu": 2, "mm_gpu": 4}
+    assert _all_free(totals)  # the module's earlier pools have released theirs
+    cfg = PoolConfig(cpu_workers=3, gpu_workers=1, consumer="noop", min_pool_wait_s=3)
+    with pytest.raises(TimeoutError) as err:
+        Pool(str(model_dir), config, cfg)
+    assert "media workers not placed within 3 s" in str(err.value)
+    assert "mm_cpu: need 3, cluster has 2" in str(err.value)
+    assert _all_free(totals), ray.available_resources()
