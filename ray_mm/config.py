@@ -37,7 +37,15 @@ class MediaPolicy(_Strict):
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="Cap on width*height read from an image header before decoding.")
     max_video_frames: int = Field(default=768, ge=4, description="Cap on sampled frames per video; a client's nframes is clamped to it.")
     max_video_frame_pixels: int = Field(default=4096 * 2160, gt=0, description="Cap on width*height of a video frame.")
+    max_video_decoded_bytes: int = Field(
+        default=1 << 30, gt=0,
+        description="Cap on one video's sampled frames as decoded RGB (frames x width x height x 3 bytes), "
+        "checked from the header before any frame is decoded.",
+    )
     max_audio_duration_s: float = Field(default=600.0, gt=0, description="Cap on the duration of one audio item.")
+    max_items_per_request: int = Field(
+        default=64, gt=0, description="Cap on media items (images, videos, audio) in one request, checked before any is fetched."
+    )
     image_formats: list[str] = Field(
         default=["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"], description="Pillow formats opened as images."
     )

@@ -59,6 +59,11 @@ class Preprocessor:
             render_chat=self.adapter.apply_chat_template,
             vocab_size=self.adapter.vocab_size,
         )
+        n_items = len(req.items())
+        if n_items > self.config.media.max_items_per_request:
+            raise MediaLimitError(
+                f"request {req.request_id}: {n_items} media items, over the cap of {self.config.media.max_items_per_request}"
+            )
         accepted = self.adapter.input_modalities
         for modality in MODALITIES:
             if req.media.get(modality) and modality not in accepted:

@@ -331,6 +331,8 @@ def build_corpus(tmp_dir: str | Path, base_url: str) -> Corpus:
         "MediaFetchError", 400, must_not_echo=(bad_pad[8:48],))  # fmt: skip
     bad("data-uri-over-byte-cap", img("data-uri-over-byte-cap", f"data:image/jpeg;base64,{over_cap_b64}"), "MediaLimitError", 413,
         must_not_echo=(over_cap_b64[8:48],))  # fmt: skip
+    bad("items-over-per-request-cap", img("items-over-per-request-cap", *(["ok.jpg"] * 65)), "MediaLimitError", 413,
+        mentions=("65 media items",), note="max_items_per_request is 64 by default")  # fmt: skip
     bad("empty-url-string", img("empty-url-string", ""), "MediaFetchError", 400)
     bad("empty-url-object", img("empty-url-object", {"url": ""}), "MediaFetchError", 400)
     bad("url-100kB", img("url-100kB", long_url), "MediaPolicyError", 403, needs_net_shim=True, must_not_echo=("a" * 200,),

@@ -190,7 +190,8 @@ class VideoMediaIO(MediaIO[DecodedVideo]):
             if not container.streams.video:
                 raise MediaDecodeError(f"{label}: no video stream")
             stream = container.streams.video[0]
-            self._check_frame_size(stream.codec_context.width, stream.codec_context.height, label)
+            header_size = (stream.codec_context.width, stream.codec_context.height)
+            self._check_frame_size(*header_size, label)
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             index = self._demux_index(container, stream)
         total = len(index.pts)
@@ -202,6 +203,7 @@ class VideoMediaIO(MediaIO[DecodedVideo]):
         if video_fps <= 0:
             raise MediaDecodeError(f"{label}: video has no usable frame rate")
         indices = self._indices(total, video_fps, options, label)
+        self._check_decoded_bytes(len(indices), *header_size, label)
         with open_container(data, self.policy.video_formats, "video", label) as container:
             stream = container.streams.video[0]
             frames, seeks, decoded = self._decode_pass(container, stream, index, indices, label)
@@ -211,6 +213,15 @@ class VideoMediaIO(MediaIO[DecodedVideo]):
         if width * height > self.policy.max_video_frame_pixels:
             raise MediaLimitError(
                 f"{label}: video frames are {width}x{height}, over the cap of {self.policy.max_video_frame_pixels} pixels"
+            )
+
+    def _check_decoded_bytes(self, frames: int, width: int, height: int, label: str) -> None:
+        """Frame count and frame size caps each allow a lot; their product is what a decode holds."""
+        total = frames * width * height * 3
+        if total > self.policy.max_video_decoded_bytes:
+            raise MediaLimitError(
+                f"{label}: {frames} frames of {width}x{height} decode to {total} bytes, "
+                f"over the cap of {self.policy.max_video_decoded_bytes}"
             )
 
     @staticmethod
@@ -268,8 +279,9 @@ class VideoMediaIO(MediaIO[DecodedVideo]):
                 decoded += 1
                 idx = pts_to_idx.get(frame.pts) if frame.pts is not None else None
                 last_idx = idx if idx is not None else last_idx + 1
-                if size is None:
+                if size is None:  # the header's size may not be the stream's
                     self._check_frame_size(frame.width, frame.height, label)
+                    self._check_decoded_bytes(len(indices), frame.width, frame.height, label)
                     size = (frame.width, frame.height)
                 if last_idx in wanted_set and last_idx not in rows:
                     rows[last_idx] = frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
@@ -314,5 +326,6 @@ class VideoMediaIO(MediaIO[DecodedVideo]):
         if arr.shape[0] > self.policy.max_video_frames:
             raise MediaLimitError(f"{label}: {arr.shape[0]} frames, over the cap of {self.policy.max_video_frames}")
         self._check_frame_size(arr.shape[2], arr.shape[1], label)
+        self._check_decoded_bytes(arr.shape[0], arr.shape[2], arr.shape[1], label)
         n = arr.shape[0]
         return DecodedVideo(np.ascontiguousarray(arr), list(range(n)), float(video_fps or self.sampling.fps), n, 0, 0)

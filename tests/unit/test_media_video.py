@@ -161,3 +161,26 @@ def test_in_process_frames() -> None:
         io_.load_frames(np.zeros((6, 8, 10), np.uint8), label=L)
     with pytest.raises(MediaLimitError):
         VideoMediaIO(MediaPolicy(max_video_frames=4)).load_frames(arr, label=L)
+
+
+def test_decoded_bytes_cap_from_header_before_any_frame_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_video(width=128, height=64, fps=10, duration_s=1)
+    exact = 4 * 128 * 64 * 3  # nframes=4 sampled frames of 128x64 RGB
+    ok = VideoMediaIO(MediaPolicy(max_video_decoded_bytes=exact)).load_bytes(data, label=L, options={"nframes": 4})
+    assert ok.frames.nbytes == exact
+
+    def no_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("frames were decoded before the cap was checked")
+
+    monkeypatch.setattr(VideoMediaIO, "_decode_pass", no_decode)
+    with pytest.raises(MediaLimitError) as ei:
+        VideoMediaIO(MediaPolicy(max_video_decoded_bytes=exact - 1)).load_bytes(data, label=L, options={"nframes": 4})
+    assert ei.value.status == 413 and L in ei.value.message and str(exact) in ei.value.message
+
+
+def test_decoded_bytes_cap_on_given_frames() -> None:
+    frames = np.zeros((6, 32, 48, 3), dtype=np.uint8)
+    with pytest.raises(MediaLimitError) as ei:
+        VideoMediaIO(MediaPolicy(max_video_decoded_bytes=frames.nbytes - 1)).load_frames(frames, label=L)
+    assert ei.value.status == 413
+    assert VideoMediaIO(MediaPolicy(max_video_decoded_bytes=frames.nbytes)).load_frames(frames, label=L).frames.shape == frames.shape

@@ -188,6 +188,26 @@ def test_one_bad_request_does_not_affect_others(qwen2_vl_dir: Path, media_dir: P
     assert "2 image items but only 1" in records[3]["error"]["message"]
 
 
+
+def test_items_per_request_cap_refuses_the_request_before_any_fetch(qwen2_vl_dir: Path, media_dir: Path) -> None:
+    policy = MediaPolicy(allowed_local_media_path=str(media_dir), max_items_per_request=3)
+    pre = Preprocessor(qwen2_vl_dir, RayMMConfig(media=policy))
+    fetched: list[str] = []
+    process = pre.process_item
+    pre.process_item = lambda spec: (fetched.append(spec.label), process(spec))[1]  # type: ignore[method-assign]
+    at_cap = {"request_id": "at", "prompt": IMG * 2 + VID, "images": [str(media_dir / "tiny.png")] * 2,
+              "videos": [{"url": str(media_dir / "clip.mp4"), "nframes": 4}]}
+    over = {"request_id": "over", "prompt": IMG * 3 + VID, "images": [str(media_dir / "tiny.png")] * 3,
+            "videos": [str(media_dir / "clip.mp4")]}
+    assert pre.run(at_cap).record["ok"]
+    fetched.clear()
+    record = pre.run(over).record
+    assert not record["ok"]
+    assert record["error"]["type"] == "MediaLimitError" and record["error"]["status"] == 413
+    assert "4 media items" in record["error"]["message"] and "request over" in record["error"]["message"]
+    assert fetched == []
+
+
 def test_uint8_transport_normalised_later_matches_processor(qwen2_vl_dir: Path, media_dir: Path) -> None:
     names = ["odd.jpg", "large.jpg", "cmyk.jpg"]
     prompt = f"{IMG} {IMG} {VID} {IMG}"
