@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,8 @@ class Coordinator:
         self.feature_slots = asyncio.Semaphore(self.cfg.feature_request_limit())
         self.slots_used = 0
         self.max_slots_used = 0
+        if self.cfg.freeze_gc_after_start:
+            gc.freeze()  # see PoolConfig.freeze_gc_after_start
 
     # -- admission ----------------------------------------------------------
     async def submit(self, line: Any, fallback_id: str = "?", timeout_s: float | None = None) -> str:

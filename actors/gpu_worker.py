@@ -8,6 +8,7 @@ and the request is served again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import os
@@ -109,6 +110,8 @@ class GpuWorker:
         self.copies_seen = 0
         self.bytes_in = 0
         self.faults = 0
+        if self.cfg.freeze_gc_after_start:
+            gc.freeze()  # see PoolConfig.freeze_gc_after_start
 
     def ready(self) -> str:
         return self.node_id

@@ -13,6 +13,7 @@ raised, so Ray does not retry it and the other entries still count.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from ray_mm.types import MediaSpec
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class MediaWorker:
     def __init__(self, model_dir: str, core_config: dict[str, Any], adapter: str | None = None,
-                 reuse_output_buffers: bool = True) -> None:
+                 reuse_output_buffers: bool = True, freeze_gc: bool = True) -> None:
         # One decode/processing thread per worker: scale with workers, not threads (DESIGN.md, "Threads").
         os.environ["OMP_NUM_THREADS"] = "1"
         import torch
@@ -42,6 +43,8 @@ class MediaWorker:
         # Outputs of one call live in this arena until Ray has copied the call's return value into
         # the object store, which it does before it runs the next call (ray_mm.buffers).
         self.arena = CallArena() if reuse_output_buffers else None
+        if freeze_gc:
+            gc.freeze()  # see PoolConfig.freeze_gc_after_start
 
     def ready(self) -> str:
         return self.node_id
@@ -85,6 +88,7 @@ class MediaWorker:
             "output_arena_allocations": None if self.arena is None else self.arena.allocations,
             "output_arena_bytes": None if self.arena is None else self.arena.capacity,
             "pid": os.getpid(),
+            "gc_frozen_objects": gc.get_freeze_count(),
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "rss_kb": _rss_kb(),
         }

@@ -68,7 +68,7 @@ class Pool:
         self.media_workers = [
             MediaWorker.options(
                 num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=name
-            ).remote(self.model_dir, core, self.adapter, cfg.reuse_output_buffers)
+            ).remote(self.model_dir, core, self.adapter, cfg.reuse_output_buffers, cfg.freeze_gc_after_start)
             for name in worker_names
         ]
         # All actors are created before any is awaited, so their start-ups (mostly importing torch

@@ -455,18 +455,20 @@ def run_ray_data(w: Workload, cpu_resource: str, concurrency: int = 2) -> RunRes
 
 def run_pool(
     w: Workload, workers: int, name: str, coord_lines: list[tuple[str, Any]] | None = None, idle_s: float = 2.0,
-    after: Any = None,
+    after: Any = None, pool_settings: dict[str, Any] | None = None,
 ) -> RunResult:
     """The pool: ``Pool.run`` submits all lines at once (backpressure only past the admission limit).
 
     ``after(pool, requests_per_s)``, if given, runs on the same warm pool once the measurements
-    here are done (the paced phase), before the pool is shut down.
+    here are done (the paced phase), before the pool is shut down. ``pool_settings`` override
+    ``PoolConfig`` fields (side-by-side comparisons in ``benchmarks/``).
     """
     from actors.pool import Pool
 
     from .pool_config import PoolConfig
 
-    cfg = PoolConfig(cpu_workers=workers, gpu_workers=1, consumer="noop", max_inflight_requests=max(64, len(w.lines) + 8))
+    cfg = PoolConfig(cpu_workers=workers, gpu_workers=1, consumer="noop", max_inflight_requests=max(64, len(w.lines) + 8),
+                     **(pool_settings or {}))
     with Pool(w.model_dir, w.core, cfg, w.adapter) as pool:
         for _ in pool.run(_rename(w.lines[: 2 * workers], "warm-")):
             pass

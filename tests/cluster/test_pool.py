@@ -140,7 +140,7 @@ def test_admission_limit_and_bounded_ready_queue(
 ) -> None:
     media, base = served
     cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="noop", consumer_delay_s=0.5, pull_batch_size=1,
-                     max_inflight_requests=6, ready_queue_size=2)
+                     max_inflight_requests=6, ready_queue_size=2, freeze_gc_after_start=False)
     with Pool(str(model_dir), config, cfg) as pool:
         for k in range(6):
             pool.submit({"request_id": f"a{k}", "prompt": IMG, "images": [f"{base}/small.jpg"]})
@@ -153,7 +153,9 @@ def test_admission_limit_and_bounded_ready_queue(
         time.sleep(1.0)
         stats = ray.get(pool.coordinator.stats.remote())
         records = list(pool.results(timeout_s=120))
+        workers = pool.stats()["media_workers"]
     assert stats["ready"] == 2 and stats["max_ready_seen"] == 2
+    assert [w["gc_frozen_objects"] for w in workers] == [0, 0]  # freeze_gc_after_start=False
     assert len(records) == 6 and all(r["ok"] for r in records)
 
 
@@ -188,6 +190,7 @@ def test_features_reach_the_gpu_worker_unchanged(
     for rec in records:
         assert rec["consumer"]["feature_digests"] == expected[rec["request_id"]], rec["request_id"]
     assert all(w["output_arena_allocations"] is not None for w in workers)  # the reused buffer was on
+    assert all(w["gc_frozen_objects"] > 0 for w in workers)  # freeze_gc_after_start, on by default
 
 
 
