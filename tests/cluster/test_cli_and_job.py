@@ -98,19 +98,25 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_f
         env=_env() | auth, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     out = tmp_path / "job-out.jsonl"
+    env = _env() | auth
     try:
         address = f"http://{LOOPBACK}:{dash}"
-        _wait_for_dashboard(address, head)
         config = request_file.parent / "config.yaml"
-        job = _submit_once_an_agent_is_up(
-            [str(BIN / "ray"), "job", "submit", f"--address={address}", f"--working-dir={REPO}", "--",
+        ray_job = [str(BIN / "ray"), "job"]
+        at = f"--address={address}"
+        _wait_for_job_api(ray_job, at, env, head)
+        submission_id = f"ray-mm-{secrets.token_hex(4)}"
+        _submit_once(
+            [*ray_job, "submit", at, f"--submission-id={submission_id}", "--no-wait", f"--working-dir={REPO}", "--",
              sys.executable, "-m", "ray_mm", "run", "--address", "auto", "--model", str(model_dir),
              "--requests", str(request_file), "--config", str(config), "--out", str(out),
              "--cpu-workers", "1", "--gpu-workers", "1", "--no-progress"],
-            env=_env() | auth,
+            [*ray_job, "status", at, submission_id], env,
         )
-        assert job.returncode == 0, (job.stdout + job.stderr)[-3000:] + _agent_log_tail(ray_tmp)
-        assert "succeeded" in (job.stdout + job.stderr).lower()
+        logs = subprocess.run([*ray_job, "logs", at, "--follow", submission_id], env=env, timeout=600,
+                              capture_output=True, text=True)
+        status = _final_status([*ray_job, "status", at, submission_id], env)
+        assert f"job '{submission_id}' succeeded" in status, status[-1500:] + logs.stdout[-3000:] + logs.stderr[-1500:]
     finally:
         _stop_group(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -119,41 +125,48 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_f
     assert [records[r]["ok"] for r in ("chat", "ids", "mismatch", "text")] == [True, True, False, True]
 
 
-def _wait_for_dashboard(address: str, head: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start --head exited"
-        try:
-            # Any HTTP answer means the server is up (Ray may require its auth token for the API).
-            if httpx.get(f"{address}/api/version", timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"no job server at {address} after {timeout_s} s")
+# The head's HTTP server answers before its job module (a subprocess behind it) and its dashboard
+# agent are up; until then a job call fails (a 500 "No available agent", or a dropped connection).
+# Ray's advice is to try again, so these helpers do, within a bound, and never submit a job twice.
+JOB_API_WAIT_S = 180
 
 
-# The job head answers HTTP before its dashboard agent has registered; until then a submit gets a 500
-# saying so, and Ray's own advice is to try again.
-_NO_AGENT_YET = "No available agent to submit job"
-
-
-def _submit_once_an_agent_is_up(
-    args: list[str], env: dict[str, str], timeout_s: float = 180
-) -> subprocess.CompletedProcess[str]:
-    deadline = time.monotonic() + timeout_s
+def _wait_for_job_api(ray_job: list[str], at: str, env: dict[str, str], head: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + JOB_API_WAIT_S
     while True:
-        job = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
-        if job.returncode == 0 or _NO_AGENT_YET not in job.stdout + job.stderr or time.monotonic() > deadline:
-            return job
+        assert head.poll() is None, "ray start --head exited"
+        probe = subprocess.run([*ray_job, "list", at], env=env, timeout=120, capture_output=True, text=True)
+        if probe.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the job API did not answer within {JOB_API_WAIT_S} s: {probe.stderr[-1500:]}")
         time.sleep(2)
 
 
-def _agent_log_tail(ray_tmp: str) -> str:
-    logs = sorted(Path(ray_tmp).glob("session_*/logs/dashboard_agent*.log"))
-    return "".join(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-2000:]}" for log in logs)
+def _submit_once(submit: list[str], status: list[str], env: dict[str, str]) -> None:
+    """Submit under a fixed submission id; after a failed submit, ask whether the job exists before
+    trying again, so a submit whose reply was lost is not run a second time."""
+    deadline = time.monotonic() + JOB_API_WAIT_S
+    while True:
+        job = subprocess.run(submit, env=env, timeout=300, capture_output=True, text=True)
+        if job.returncode == 0:
+            return
+        if subprocess.run(status, env=env, timeout=120, capture_output=True, text=True).returncode == 0:
+            return  # the job was created; only the reply was lost
+        assert time.monotonic() < deadline, (job.stdout + job.stderr)[-3000:]
+        time.sleep(2)
+
+
+def _final_status(status: list[str], env: dict[str, str], timeout_s: float = 120) -> str:
+    """`ray job status` once the job has ended (``logs --follow`` returns when it ends, or earlier
+    if its stream drops)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = subprocess.run(status, env=env, timeout=120, capture_output=True, text=True)
+        text = (done.stdout + done.stderr).lower()  # "Job 'x' succeeded" / "... failed" / "... stopped"
+        if any(f"' {end}" in text for end in ("succeeded", "failed", "stopped")) or time.monotonic() > deadline:
+            return text
+        time.sleep(3)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
