@@ -467,5 +467,9 @@ class Coordinator:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def ready(self) -> str:
+        """Answers once the constructor has run; the pool's bounded start-up wait calls it."""
+        return self.node_id()
+
     def incarnation_id(self) -> int:
         return self.incarnation

@@ -85,24 +85,34 @@ class Pool:
             ).remote(coordinator_name, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
             for k in range(cfg.gpu_workers)
         ]
-        self._wait_for("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers})
+        self._wait_for([
+            ("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers}),
+            ("coordinator", [self.coordinator], dict(cfg.coordinator_resources)),
+            ("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers}),
+        ])
         self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
-        self._wait_for("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers})
         self.gpu_runs = [w.run.remote() for w in self.gpu_workers]
 
-    def _wait_for(self, what: str, actors: list[Any], needs: dict[str, float]) -> None:
-        """Bounded wait for the minimum pool; on timeout say which resource is missing."""
-        refs = [a.ready.remote() for a in actors]
-        try:
-            ray.get(refs, timeout=self.cfg.min_pool_wait_s)
-        except GetTimeoutError:
-            have = ray.cluster_resources()
-            missing = {k: f"need {v:g}, cluster has {have.get(k, 0):g}" for k, v in needs.items() if have.get(k, 0) < v}
-            detail = "; ".join(f"{k}: {v}" for k, v in missing.items()) or "resources exist but are busy"
-            raise TimeoutError(
-                f"{what} not placed within {self.cfg.min_pool_wait_s:g} s ({detail}). "
-                "Add nodes carrying these resources (see cluster_configs/) or lower the worker count."
-            ) from None
+    def _wait_for(self, groups: list[tuple[str, list[Any], dict[str, float]]]) -> None:
+        """Bounded wait for the minimum pool, one clock for every group; on timeout name each group
+        that is not up and the resources it lacks."""
+        refs = {what: [a.ready.remote() for a in actors] for what, actors, _ in groups}
+        every = [ref for group in refs.values() for ref in group]
+        done, _ = ray.wait(every, num_returns=len(every), timeout=self.cfg.min_pool_wait_s)
+        ray.get(done)  # an actor whose constructor failed raises here, not as a timeout
+        if len(done) == len(every):
+            return
+        finished, have = set(done), ray.cluster_resources()
+        late = []
+        for what, _, needs in groups:
+            if all(ref in finished for ref in refs[what]):
+                continue
+            missing = [f"{k}: need {v:g}, cluster has {have.get(k, 0):g}" for k, v in needs.items() if have.get(k, 0) < v]
+            late.append(f"{what} not placed within {self.cfg.min_pool_wait_s:g} s "
+                        f"({'; '.join(missing) or 'the resources exist: still starting, or in use'})")
+        raise TimeoutError(
+            "; ".join(late) + ". Add nodes carrying these resources (see cluster_configs/) or lower the worker count."
+        )
 
     def shutdown(self) -> None:
         try:

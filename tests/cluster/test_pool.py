@@ -219,3 +219,9 @@ def test_minimum_pool_wait_names_the_missing_resource_and_leaves_nothing_behind(
     assert "media workers not placed within 3 s" in str(err.value)
     assert "mm_cpu: need 3, cluster has 2" in str(err.value)
     assert _all_free(totals), ray.available_resources()
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="noop", min_pool_wait_s=3,
+                     coordinator_resources={"mm_no_such_node": 1})
+    with pytest.raises(TimeoutError) as err:
+        Pool(str(model_dir), config, cfg)
+    assert "coordinator not placed within 3 s (mm_no_such_node: need 1, cluster has 0)" in str(err.value)
+    assert _all_free(totals), ray.available_resources()
