@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
+import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +21,13 @@ import ray
 from actors import metrics
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError, PoolSaturatedError, RequestError, RequestTimeoutError
+from ray_mm.logs import RateLimitedLog
 from ray_mm.pipeline import Prepared, Preprocessor, RequestOutcome, success_record
 from ray_mm.pool_config import PoolConfig
 from ray_mm.request import request_id_of
-from ray_mm.scheduling import LeaseTable, WorkerSelector, content_key
+from ray_mm.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
+
+logger = logging.getLogger("ray_mm.actors.coordinator")
 
 
 @dataclass
@@ -35,6 +40,19 @@ class ReadyRequest:
     placeholder_tokens: int
     pulls: int = 0
     lease: int = 0  # token of the current lease; set on each pull, named in ack / nack
+
+
+@dataclass
+class _Call:
+    """A media call in flight: its worker, its size, how many of its items were parked (slow fetch)."""
+
+    worker: int
+    n_specs: int
+    exclusive: bool = False
+    parked: int = 0
+
+
+_WORKER_DIED = object()  # answer of a media call whose worker died
 
 
 @dataclass
@@ -64,8 +82,11 @@ class Coordinator:
         self.cfg = PoolConfig.model_validate(pool_config)
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.workers = [ray.get_actor(name) for name in worker_names]
-        self.media_tokens = frozenset(self.pre.adapter.placeholder_token_ids.values())
-        self.selector = WorkerSelector(len(self.workers), self.cfg.max_inflight_per_worker)
+        self.media_tokens = frozenset(self.pre.adapter.feature_token_ids.values())
+        self.selector = WorkerSelector(len(self.workers), self.cfg.max_inflight_per_worker,
+                                       max_parked_per_worker=self.cfg.max_fetches_per_worker)
+        self.call_ids = itertools.count()
+        self.open_calls: dict[int, _Call] = {}
         self.slot_freed = asyncio.Condition()
         self.ready: collections.deque[ReadyRequest] = collections.deque()
         self.ready_changed = asyncio.Condition()
@@ -78,6 +99,7 @@ class Coordinator:
         self.stage_times: dict[str, list[float]] = collections.defaultdict(list)
         self.items_per_node: collections.Counter[str] = collections.Counter()
         self.max_ready_seen = 0
+        self.refusals_log = RateLimitedLog(logger, logging.WARNING, every_s=10.0)
         self.cpu_s = 0.0
         self.lease_task: asyncio.Task[None] | None = None
         # Object-store bound: requests holding feature refs (dispatched, not finished).
@@ -112,9 +134,11 @@ class Coordinator:
         self._ensure_lease_reaper()
         rid = request_id_of(line, fallback_id)
         if rid in self.inflight or rid in self.results:
-            raise RequestError(f"request {rid}: a request with this id is already in the pool")
+            raise RequestError(f"request {rid}: a request with this id is already in the pool", status=409)
         if len(self.inflight) >= self.cfg.max_inflight_requests:
             self.counters["saturated"] += 1
+            self.refusals_log.log("pool saturated: %d requests in flight (limit %d); refusing request %s",
+                                  len(self.inflight), self.cfg.max_inflight_requests, rid)
             raise PoolSaturatedError(f"pool saturated: {len(self.inflight)} requests in flight (limit {self.cfg.max_inflight_requests})")
         now = time.monotonic()
         entry = _Entry(rid, now, now + (self.cfg.request_timeout_s if timeout_s is None else max(0.0, timeout_s)))
@@ -146,6 +170,7 @@ class Coordinator:
         except MMError as exc:
             await self._finish(rid, RequestOutcome.failure(rid, exc).record)
         except Exception as exc:
+            logger.exception("request %s: coordinator fault", rid)
             await self._finish(rid, RequestOutcome.failure(rid, InternalError(
                 f"request {rid}: coordinator fault ({type(exc).__name__})")).record)
 
@@ -174,55 +199,32 @@ class Coordinator:
         specs = prepared.request.items()
         entry.stage = "dispatch"
         entry.refs, entry.calls = [], []
-        pending: dict[int, list[int]] = {}  # worker -> spec indices picked for it, not yet sent
-        sent: list[tuple[list[int], Any, asyncio.Future[list[dict[str, Any]]]]] = []
-
-        def send_pending() -> None:
-            # One call per (request, worker): Ray's per-call and per-object costs are paid here.
-            for worker, spec_ids in pending.items():
-                meta_ref, feat_ref = self.workers[worker].process_batch.options(num_returns=2).remote([specs[s] for s in spec_ids])
-                entry.refs.append(feat_ref)
-                entry.calls.append(meta_ref)
-                sent.append((spec_ids, feat_ref, asyncio.ensure_future(self._await_metas(worker, len(spec_ids), meta_ref))))
-            pending.clear()
-
-        try:
-            for s, spec in enumerate(specs):
-                key = content_key(spec.source)
-                worker = self.selector.pick(key)
-                if worker is None:
-                    send_pending()  # what is picked must run before a slot can free up
-                    worker = await self._acquire_worker(key)
-                else:
-                    self.selector.started(worker)
-                pending.setdefault(worker, []).append(s)
-            send_pending()
-            entry.stage = "media"
-            answers = await asyncio.gather(*(call for _, _, call in sent))
-        finally:
-            for _, _, call in sent:
-                call.cancel()  # no-op for finished ones; frees the worker slots of the others
-            if pending:  # picked but never sent (cancelled while waiting for a slot)
-                for worker, spec_ids in pending.items():
-                    for _ in spec_ids:
-                        self.selector.finished(worker)
-                asyncio.get_running_loop().create_task(self._notify_slot())
+        crashes = CrashCounts(self.cfg.max_worker_deaths_per_item)
+        # Per spec: its metadata, the ref of its call's feature list, and where its items start in that list.
+        answered: dict[int, tuple[dict[str, Any], Any, int]] = {}
+        todo = list(range(len(specs)))
+        while todo:
+            rounds = await self._dispatch_round(entry, specs, todo, crashes)
+            todo = []
+            for spec_ids, feat_ref, answer in rounds:
+                if answer is _WORKER_DIED:
+                    todo.extend(self._count_deaths(entry, specs, spec_ids, crashes))
+                    continue
+                flat = 0  # the worker returns the features of all its specs' items as one flat list
+                for s, meta in zip(spec_ids, answer):
+                    answered[s] = (meta, feat_ref, flat)
+                    flat += len(meta.get("items", ()))
+            todo.sort()
         entry.calls = []
         t_cpu = time.thread_time()
-        metas: list[dict[str, Any]] = [{}] * len(specs)
-        for (spec_ids, _, _), answer in zip(sent, answers):
-            for s, meta in zip(spec_ids, answer):
-                metas[s] = meta
+        metas = [answered[s][0] for s in range(len(specs))]
         errors = [m["error"] for m in metas if "error" in m]
         if errors:
             raise errors[0]
         location: dict[int, tuple[Any, int]] = {}
-        for (_, feat_ref, _), answer in zip(sent, answers):
-            flat = 0  # the worker returns the features of all its specs' items as one flat list
-            for meta in answer:
-                for item in meta["items"]:
-                    location[id(item)] = (feat_ref, flat)
-                    flat += 1
+        for meta, feat_ref, start in answered.values():
+            for k, item in enumerate(meta["items"]):
+                location[id(item)] = (feat_ref, start + k)
         per_spec = [m["items"] for m in metas]
         entry.stage = "align"
         t0 = time.perf_counter()
@@ -245,24 +247,123 @@ class Coordinator:
         entry.stage = "ready_queue"
         await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
 
-    async def _await_metas(self, worker: int, n_specs: int, meta_ref: Any) -> list[dict[str, Any]]:
-        """The metadata of one media call, per spec. Media workers return bad media as a value; a
-        worker that dies is restarted by Ray and the call retried (max_task_retries=-1), so an
-        exception here is rare: a cancelled call, or a worker that cannot come back."""
+    def _count_deaths(self, entry: _Entry, specs: list[Any], spec_ids: list[int], crashes: CrashCounts) -> list[int]:
+        """A media worker died during a call: count it against each of the call's items; the
+        items to dispatch again (alone, from now on). An item at its limit fails the request."""
+        self.counters["media_calls_lost"] += 1
+        for s in spec_ids:
+            deaths = crashes.died(s)
+            if crashes.exhausted(s):
+                self.counters["crash_looping_items"] += 1
+                logger.error("request %s: %s: a media worker died processing it %d times; not dispatched again",
+                             entry.request_id, specs[s].label, deaths)
+                raise InternalError(f"{specs[s].label}: the media worker died processing this item "
+                                    f"({deaths} times); it is not dispatched again")
+        self.counters["redispatched_items"] += len(spec_ids)
+        logger.warning("request %s: media worker died during a call; dispatching %d item(s) again, one per call",
+                       entry.request_id, len(spec_ids))
+        return list(spec_ids)
+
+    async def _dispatch_round(
+        self, entry: _Entry, specs: list[Any], todo: list[int], crashes: CrashCounts
+    ) -> list[tuple[list[int], Any, Any]]:
+        """Send ``todo`` to media workers and await the metadata: ``(spec ids, feature ref, answer)``
+        per call, the answer being the per-spec metadata or ``_WORKER_DIED``. Items suspected of
+        killing a worker go alone, each to a worker held exclusively."""
+        pending: dict[int, list[int]] = {}  # worker -> spec indices picked for it, not yet sent
+        sent: list[tuple[list[int], Any, asyncio.Future[Any]]] = []
+        reserved: list[int] = []  # workers held for a suspect, not yet sent to
+
+        def send(worker: int, spec_ids: list[int], exclusive: bool = False) -> None:
+            call_id = next(self.call_ids)
+            self.open_calls[call_id] = _Call(worker, len(spec_ids), exclusive)
+            meta_ref, feat_ref = self.workers[worker].process_batch.options(num_returns=2).remote(
+                [specs[s] for s in spec_ids], call_id)
+            entry.refs.append(feat_ref)
+            entry.calls.append(meta_ref)
+            sent.append((spec_ids, feat_ref, asyncio.ensure_future(self._await_metas(call_id, len(spec_ids), meta_ref))))
+
+        def send_pending() -> None:
+            # One call per (request, worker): Ray's per-call and per-object costs are paid here.
+            for worker, spec_ids in pending.items():
+                send(worker, spec_ids)
+            pending.clear()
+
+        try:
+            for s in todo:
+                if crashes.suspect(s):
+                    send_pending()
+                    worker = await self._reserve_idle_worker(reserved)
+                    self.selector.started(worker)
+                    reserved.remove(worker)
+                    send(worker, [s], exclusive=True)
+                    continue
+                key = content_key(specs[s].source)
+                worker = self.selector.pick(key)
+                if worker is None:
+                    send_pending()  # what is picked must run before a slot can free up
+                    worker = await self._acquire_worker(key)
+                else:
+                    self.selector.started(worker)
+                pending.setdefault(worker, []).append(s)
+            send_pending()
+            entry.stage = "media"
+            answers = await asyncio.gather(*(call for _, _, call in sent))
+        finally:
+            for _, _, call in sent:
+                call.cancel()  # no-op for finished ones; frees the worker slots of the others
+            for worker in reserved:  # held for a suspect, given up (cancelled while waiting)
+                self.selector.unreserve(worker)
+            if pending:  # picked but never sent (cancelled while waiting for a slot)
+                for worker, spec_ids in pending.items():
+                    for _ in spec_ids:
+                        self.selector.finished(worker)
+            if pending or reserved:
+                asyncio.get_running_loop().create_task(self._notify_slot())
+        return [(spec_ids, feat_ref, answer) for (spec_ids, feat_ref, _), answer in zip(sent, answers)]
+
+    async def _await_metas(self, call_id: int, n_specs: int, meta_ref: Any) -> Any:
+        """The metadata of one media call, per spec, or ``_WORKER_DIED``. Media workers return bad
+        media as a value, and Ray does not retry their calls (the coordinator re-dispatches after a
+        death, counting it against the items), so an exception here is a dead worker or a cancelled call."""
+        call = self.open_calls[call_id]
         try:
             return list(await meta_ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError):
+            return _WORKER_DIED
         except ray.exceptions.RayError as exc:  # TaskCancelledError included
             self.counters["media_call_failed"] += 1
-            return [{"error": InternalError(f"media worker {worker} failed ({type(exc).__name__})")}] * n_specs
+            return [{"error": InternalError(f"media worker {call.worker} failed ({type(exc).__name__})")}] * n_specs
         finally:
-            for _ in range(n_specs):
-                self.selector.finished(worker)
+            del self.open_calls[call_id]
+            for k in range(n_specs):
+                self.selector.finished(call.worker, was_parked=k < call.parked, exclusive=call.exclusive and k == 0)
             # Not awaited here: this finally may run in a task being cancelled.
             asyncio.get_running_loop().create_task(self._notify_slot())
+
+    async def fetch_parked(self, worker: int, call_id: int) -> None:
+        """A media worker says one item of ``call_id`` waits on a slow fetch: stop counting it as decode work."""
+        call = self.open_calls.get(call_id)
+        if call is None or call.parked >= call.n_specs:
+            return  # the call finished meanwhile
+        call.parked += 1
+        self.counters["slow_fetches"] += 1
+        self.selector.park(call.worker)
+        asyncio.get_running_loop().create_task(self._notify_slot())
 
     async def _notify_slot(self) -> None:
         async with self.slot_freed:
             self.slot_freed.notify_all()
+
+    async def _reserve_idle_worker(self, reserved: list[int]) -> int:
+        """Hold a worker exclusively and wait until nothing else runs on it (for a suspect item)."""
+        async with self.slot_freed:
+            while (worker := self.selector.reserve()) is None:
+                await self.slot_freed.wait()
+            reserved.append(worker)
+            while not self.selector.idle(worker):
+                await self.slot_freed.wait()
+            return worker
 
     async def _acquire_worker(self, key: str | None) -> int:
         async with self.slot_freed:
@@ -365,9 +466,11 @@ class Coordinator:
             return batch
 
     async def ack(self, holder: str, request_id: str, consumer: dict[str, Any], lease: int | None = None) -> bool:
+        """Finish a pulled request. The ack must name the lease it was pulled under: one without a
+        lease token, or for a lease taken back meanwhile, is refused (False)."""
         lease_ = self.leases.ack(request_id, holder, lease)
         if lease_ is None:
-            self.counters["stale_ack"] += 1
+            self.counters["stale_ack" if lease is not None else "ack_without_lease"] += 1
             return False  # lease expired and the request went elsewhere (or it finished meanwhile)
         record = dict(lease_.payload.record)
         record["consumer"] = consumer
@@ -375,6 +478,29 @@ class Coordinator:
             record = {"request_id": request_id, "ok": False, "error": consumer["error"]}
         await self._finish(request_id, record)
         return True
+
+    async def release_holder(self, holder: str) -> int:
+        """``holder`` (re)started and holds nothing: its leases (from a process that died) go back to
+        the front of the queue now, instead of waiting out ``lease_s``. How many went back."""
+        released = [(rid, lease.payload) for rid, lease in list(self.leases.leases.items()) if lease.holder == holder]
+        for rid, req in released:
+            self.leases.drop(rid)
+            if rid in self.inflight:
+                self.counters["leases_released"] += 1
+                self.inflight[rid].stage = "ready_queue"
+                await self._enqueue(req, front=True)
+        if released:
+            logger.warning("%s restarted: %d of its leases go back to the queue", holder, len(released))
+        return len(released)
+
+    async def renew(self, holder: str, leases: list[tuple[str, int]]) -> int:
+        """Extend the leases ``holder`` still holds (``(request_id, lease)`` each) by ``lease_s``;
+        how many were renewed. A GPU worker calls this while it consumes, so a slow consumer keeps
+        its requests and only a holder that stopped renewing loses them."""
+        now = time.monotonic()
+        renewed = sum(1 for request_id, lease in leases if self.leases.renew(request_id, holder, lease, now))
+        self.counters["lease_renewals"] += renewed
+        return renewed
 
     async def nack(self, holder: str, request_id: str, lease: int, reason: str) -> bool:
         """A GPU worker could not read the features (object lost beyond lineage repair, owner gone,
@@ -385,6 +511,8 @@ class Coordinator:
             return False
         self.counters["redispatched"] += 1
         self.counters[f"nack:{reason}"] += 1
+        logger.warning("request %s: %s could not read its features (%s); dispatching its media again",
+                       request_id, holder, reason)
         entry.refs = []
         entry.task = asyncio.get_running_loop().create_task(self._run(entry))
         return True
@@ -402,6 +530,8 @@ class Coordinator:
                 for rid, req in self.leases.expired(now):
                     if rid in self.inflight:
                         self.counters["lease_expired"] += 1
+                        logger.warning("request %s: its lease expired (not renewed within %g s); queued again",
+                                       rid, self.cfg.lease_s)
                         self.inflight[rid].stage = "ready_queue"
                         await self._enqueue(req, front=True)
                 for entry in [e for e in self.inflight.values() if e.deadline <= now]:
@@ -410,6 +540,7 @@ class Coordinator:
                     await self._finish(entry.request_id, self._timeout_record(entry))
             except Exception:  # never let the reaper die; it is restarted by the next call anyway
                 self.counters["reaper_error"] += 1
+                logger.exception("lease reaper fault")
 
     # -- driver side ---------------------------------------------------------
     async def take_results(self, max_n: int = 256, wait_s: float = 0.5) -> tuple[int, list[dict[str, Any]]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ import ray
 from actors import metrics
 from ray_mm.pool_config import PoolConfig
 from ray_mm.staging import HostStaging
+
+logger = logging.getLogger("ray_mm.actors.gpu_worker")
 
 
 class VisionTowerConsumer:
@@ -105,6 +108,8 @@ class GpuWorker:
             module, _, fn = self.cfg.consumer.partition(":")
             self.consumer = getattr(importlib.import_module(module), fn)
         self.stopping = threading.Event()
+        self.held: dict[str, int] = {}  # request_id -> lease token, for renewal
+        self.held_lock = threading.Lock()
         self.consumed = 0
         self.zero_copy_checked = 0
         self.copies_seen = 0
@@ -119,6 +124,7 @@ class GpuWorker:
     def run(self) -> int:
         """Pull and consume until ``stop``; retried on restart (max_task_retries=-1).
 
+        Leases of what it holds are renewed from a side thread while it consumes.
         Faults never end the loop: a coordinator that is restarting is waited for, features
         that cannot be read within the lease are handed back (``nack``: the coordinator
         dispatches the request's media again), and a consumer that raises gives an
@@ -126,6 +132,10 @@ class GpuWorker:
         (kept and sent again if that pull fails; the coordinator ignores a repeated one).
         """
         acks: list[tuple[str, dict[str, Any], int]] = []
+        # This process holds nothing yet: leases under this name are a dead predecessor's.
+        self._tell(self.coordinator.release_holder.remote(self.name))
+        renewer = threading.Thread(target=self._renew_leases, name="ray-mm-lease-renewal", daemon=True)
+        renewer.start()
         while not self.stopping.is_set():
             try:
                 batch = ray.get(self.coordinator.pull.remote(self.name, self.cfg.pull_batch_size, 0.5, acks),
@@ -134,10 +144,30 @@ class GpuWorker:
                 self.faults += 1
                 time.sleep(0.2)
                 continue
+            with self.held_lock:  # the acks went with that pull; what it brought is held from now on
+                for request_id, _, _ in acks:
+                    self.held.pop(request_id, None)
+                self.held.update((request.request_id, request.lease) for request in batch)
             acks = [ack for request in batch if (ack := self._serve(request)) is not None]
         if acks:
             self._tell(self.coordinator.pull.remote(self.name, 0, 0.0, acks))
         return self.consumed
+
+    def _renew_leases(self) -> None:
+        """Renew the leases of everything held (being consumed, or acked but the ack not yet sent)
+        three times per ``lease_s``, so a consumer slower than the lease keeps its requests; a
+        worker that dies or hangs stops renewing and its leases expire."""
+        period = self.cfg.lease_s / 3
+        while not self.stopping.wait(period):
+            with self.held_lock:
+                leases = list(self.held.items())
+            if not leases:
+                continue
+            try:
+                ray.get(self.coordinator.renew.remote(self.name, leases), timeout=period)
+            except (ray.exceptions.RayError, TimeoutError):
+                self.faults += 1
+                logger.warning("%s: could not renew %d lease(s)", self.name, len(leases))
 
     def _serve(self, request: Any) -> tuple[str, dict[str, Any], int] | None:
         """Consume one request; its acknowledgement, or None when it was handed back."""
@@ -145,10 +175,14 @@ class GpuWorker:
             summary = self._consume(request)
         except _FeaturesUnavailable as exc:
             self.faults += 1
+            logger.warning("request %s: features unavailable (%s); handing it back", request.request_id, exc.reason)
             self._tell(self.coordinator.nack.remote(self.name, request.request_id, request.lease, exc.reason))
+            with self.held_lock:
+                self.held.pop(request.request_id, None)
             return None
         except Exception as exc:  # a consumer fault fails this request only
             self.faults += 1
+            logger.exception("request %s: GPU consumer fault", request.request_id)
             summary = {"worker": self.name, "node_id": self.node_id, "error": {
                 "type": "InternalError", "status": 500,
                 "message": f"request {request.request_id}: GPU consumer fault ({type(exc).__name__})"}}

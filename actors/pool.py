@@ -1,13 +1,25 @@
 """Driver-side pool handle: start (or attach to) the actors, submit, iterate results.
 
 The handle keeps every submitted line until its result has been emitted, so
-after a coordinator restart it resubmits what was not finished; results are
-emitted once per ``request_id``.
+after a coordinator restart it resubmits what was not finished.
+
+Results are emitted once per *submission*: a record is emitted only for a
+request that is pending (submitted, no record emitted yet), which it then stops
+being; a record for an id that is not pending is a late copy (the coordinator's
+``Cancelled`` after the driver already wrote its own 504) and is dropped. No
+per-id state outlives its request, so a long-running front end holds only what
+is in flight. The same ``request_id`` may be submitted again once its record is
+out: that is a new request with a record of its own. The coordinator refuses
+(``RequestError`` 409) an id while an earlier submission of it is in flight or
+its record is not yet collected, so a record that arrives for a pending id is
+that submission's own.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -20,10 +32,36 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import MMError, PoolSaturatedError
 from ray_mm.pool_config import PoolConfig
+from ray_mm.request import request_id_of
 
 from .coordinator import Coordinator
 from .gpu_worker import GpuWorker
+from .local_cluster import INLINE_OBJECT_LIMIT
 from .media_worker import MediaWorker
+
+log = logging.getLogger("ray_mm.actors.pool")
+
+# Media workers return each call's features as one object. Ray returns an object of at most
+# ``max_direct_call_object_size`` bytes inline, in the reply to the caller (the coordinator), instead
+# of putting it in the object store; features must never travel that way (through the coordinator,
+# copied into each reply). The smallest features a media item yields (an image at the processor's
+# minimum size, 56x56: 16 patches of 1176 values, 18 KB even as uint8) are well above this, so a
+# limit at or below it keeps every feature object in the store. cluster_configs/ and
+# local_cluster.py set the limit to this value.
+INLINE_FEATURES_LIMIT = INLINE_OBJECT_LIMIT
+RAY_DEFAULT_MAX_DIRECT_CALL_OBJECT_SIZE = 100 * 1024  # Ray's default (src/ray/common/ray_config_def.h)
+_DIRECT_CALL_SETTING = "max_direct_call_object_size"
+
+
+@ray.remote(num_cpus=0)
+def _node_direct_call_limit() -> int | None:
+    """This node's ``RAY_max_direct_call_object_size`` (a worker inherits its raylet's environment,
+    where Ray's C++ config reads it), or None when unset."""
+    value = os.environ.get("RAY_" + _DIRECT_CALL_SETTING)
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -45,13 +83,16 @@ class Pool:
         self.config = config or RayMMConfig()
         self.cfg = pool_config or PoolConfig()
         self.adapter = adapter
+        # Submitted requests without an emitted record: the only per-id state (see the module docstring).
         self.pending: dict[str, _Pending] = {}
-        self.emitted: set[str] = set()
         self._local: list[dict[str, Any]] = []  # records written by the driver itself
         self.resubmitted = 0
         self.restarts_seen = 0
         self.driver_timeouts = 0
-        self.duplicates_dropped = 0
+        self.duplicates_dropped = 0  # late copies of records already emitted
+        self.refused = 0  # lines Pool.run answered with the coordinator's refusal (an id still in flight)
+        self.max_direct_call_object_size: int | None = None
+        self.inline_features_possible: bool | None = None
         try:
             self._start()
         except BaseException:
@@ -65,16 +106,16 @@ class Pool:
         # plain values, which a restarted coordinator can always get back.
         self.pool_id = uuid.uuid4().hex[:8]
         worker_names = [f"ray_mm_media_{self.pool_id}_{k}" for k in range(cfg.cpu_workers)]
+        coordinator_name = f"ray_mm_coordinator_{self.pool_id}"
         self.media_workers = [
             MediaWorker.options(
                 num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=name
-            ).remote(self.model_dir, core, self.adapter, cfg.reuse_output_buffers, cfg.freeze_gc_after_start)
-            for name in worker_names
+            ).remote(self.model_dir, core, self.adapter, cfg.model_dump(mode="json"), coordinator_name, k)
+            for k, name in enumerate(worker_names)
         ]
         # All actors are created before any is awaited, so their start-ups (mostly importing torch
         # and transformers and loading the processor) overlap. Named actors are registered when
         # created, so the coordinator and GPU workers can look their peers up before those are up.
-        coordinator_name = f"ray_mm_coordinator_{self.pool_id}"
         self.coordinator = Coordinator.options(name=coordinator_name, resources=dict(cfg.coordinator_resources)).remote(
             self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, worker_names
         )
@@ -85,11 +126,13 @@ class Pool:
             ).remote(coordinator_name, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
             for k in range(cfg.gpu_workers)
         ]
+        probe = self._probe_direct_call_limit()  # runs while the actors start
         self._wait_for([
             ("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers}),
             ("coordinator", [self.coordinator], dict(cfg.coordinator_resources)),
             ("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers}),
         ])
+        self._check_inline_features(probe)
         self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
         self.gpu_runs = [w.run.remote() for w in self.gpu_workers]
 
@@ -114,6 +157,55 @@ class Pool:
             "; ".join(late) + ". Add nodes carrying these resources (see cluster_configs/) or lower the worker count."
         )
 
+    # -- inline features check -------------------------------------------------
+    def _probe_direct_call_limit(self) -> int | list[Any] | None:
+        """The cluster's ``max_direct_call_object_size``, or refs of per-node probes to wait for.
+
+        Ray resolves it per process as: ``_system_config`` (cluster-wide, kept by the GCS) over the
+        ``RAY_max_direct_call_object_size`` environment variable (per node) over the default. The
+        system config is read here with no task; otherwise a zero-CPU task on each node that can
+        host a media worker (they are the ones returning features) reads that node's variable."""
+        try:
+            system = ray._private.state.state.get_system_config()
+        except Exception:  # an API this Ray lacks: fall back to the per-node probe
+            log.debug("cannot read the cluster's system config", exc_info=True)
+            system = {}
+        if _DIRECT_CALL_SETTING in system:
+            return int(system[_DIRECT_CALL_SETTING])
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(self.cfg.cpu_node_resource)]
+        return [
+            _node_direct_call_limit.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            for node in nodes
+        ] or None
+
+    def _check_inline_features(self, probe: int | list[Any] | None, timeout_s: float = 30.0) -> None:
+        """Record whether feature objects could be returned inline (through the coordinator) on this
+        cluster, and warn at start-up if so; never fails the pool."""
+        limit: int | None
+        if isinstance(probe, list):
+            done, _ = ray.wait(probe, num_returns=len(probe), timeout=timeout_s)
+            try:
+                values = ray.get(done)
+            except Exception:
+                log.debug("max_direct_call_object_size probe failed", exc_info=True)
+                values = []
+            limit = max((RAY_DEFAULT_MAX_DIRECT_CALL_OBJECT_SIZE if v is None else v for v in values), default=None)
+        else:
+            limit = probe
+        self.max_direct_call_object_size = limit
+        self.inline_features_possible = None if limit is None else limit > INLINE_FEATURES_LIMIT
+        if limit is None:
+            log.warning("pool %s: could not read max_direct_call_object_size on the cluster; features may be "
+                        "returned inline through the coordinator unless every node sets "
+                        "RAY_max_direct_call_object_size=%d", self.pool_id, INLINE_FEATURES_LIMIT)
+        elif self.inline_features_possible:
+            log.warning("pool %s: max_direct_call_object_size is %d bytes on this cluster, so feature objects up "
+                        "to that size are returned inline through the coordinator instead of the object store; "
+                        "start every node with RAY_max_direct_call_object_size=%d (see cluster_configs/)",
+                        self.pool_id, limit, INLINE_FEATURES_LIMIT)
+
     def shutdown(self) -> None:
         try:
             ray.get([w.stop.remote() for w in getattr(self, "gpu_workers", [])], timeout=10)
@@ -136,7 +228,9 @@ class Pool:
 
     # -- requests ------------------------------------------------------------
     def submit(self, line: Any, fallback_id: str = "?") -> str:
-        """Admit one request; raises ``PoolSaturatedError`` past the admission limit."""
+        """Admit one request; raises ``PoolSaturatedError`` past the admission limit, and
+        ``RequestError`` (409) for an id whose earlier submission is still in flight or whose record
+        is not collected yet. An id whose record was emitted may be submitted again: a new request."""
         rid = self._submit_remote(line, fallback_id, None)
         self.pending[rid] = _Pending(line, fallback_id, time.monotonic() + self.cfg.request_timeout_s)
         return rid
@@ -163,6 +257,11 @@ class Pool:
         out["media_workers"] = self._actor_stats(self.media_workers, timeout_s)
         out["resubmitted"] = self.resubmitted
         out["driver_timeouts"] = self.driver_timeouts
+        out["duplicates_dropped"] = self.duplicates_dropped
+        out["refused"] = self.refused
+        # Whether feature objects could travel inline through the coordinator (None: unknown).
+        out["inline_features_possible"] = self.inline_features_possible
+        out["max_direct_call_object_size"] = self.max_direct_call_object_size
         return out
 
     @staticmethod
@@ -203,12 +302,10 @@ class Pool:
         self._expire_overdue()
         out = []
         for rec in [*records, *self._local]:
-            rid = rec["request_id"]
-            if rid in self.emitted:
-                self.duplicates_dropped += 1
+            # Emitted at most once per submission: only while pending, which emitting ends.
+            if self.pending.pop(rec["request_id"], None) is None:
+                self.duplicates_dropped += 1  # a late copy, e.g. Cancelled after the driver's own 504
                 continue
-            self.emitted.add(rid)
-            self.pending.pop(rid, None)
             out.append(rec)
         self._local = []
         return out
@@ -264,34 +361,49 @@ class Pool:
             p.needs_submit = False
 
     def run(self, lines: Iterable[tuple[str, Any]], batch: int = 32) -> Iterator[dict[str, Any]]:
-        """Submit all ``(fallback_id, line)`` with backpressure (wait when saturated) and yield every
-        result. Lines are admitted ``batch`` at a time in one coordinator call each."""
+        """Submit all ``(fallback_id, line)`` with backpressure (wait when saturated) and yield one
+        record per line. Lines are admitted ``batch`` at a time in one coordinator call each. A line
+        the coordinator refuses (its id is still in flight, e.g. twice in one batch) gets the
+        refusal as its record (``RequestError`` 409), and the batch goes on. (``ray-mm run`` and
+        ``align`` drop such repeats before, with ``ray_mm.io.dedupe``, so their records do not
+        depend on timing.)"""
         source = iter(lines)
         backlog: list[tuple[str, Any]] = []
         while True:
             backlog.extend(itertools.islice(source, batch - len(backlog)))
             if not backlog:
                 break
-            admitted = self._submit_batch(backlog)
-            del backlog[:admitted]
-            if backlog:  # saturated: collect results, then go on with the tail
+            consumed, refusals, saturated = self._submit_batch(backlog)
+            del backlog[:consumed]
+            yield from refusals
+            if saturated:  # collect results, then go on with the tail
                 yield from self._poll(wait_s=0.2)
         yield from self.results()
 
-    def _submit_batch(self, lines: list[tuple[str, Any]]) -> int:
-        """Admit from the front of ``lines`` until the pool is saturated; how many were admitted.
-        Other admission errors are raised, as ``submit`` raises them."""
+    def _submit_batch(self, lines: list[tuple[str, Any]]) -> tuple[int, list[dict[str, Any]], bool]:
+        """Admit from the front of ``lines`` until the pool is saturated or refuses a line:
+        ``(lines consumed, records of refused lines, saturated)``. A refused line is consumed (its
+        record is the refusal); the coordinator stops at it, so the lines after it are not."""
         try:
             answers = ray.get(self.coordinator.submit_many.remote([(line, fallback, None) for fallback, line in lines]))
         except RayTaskError as exc:
             raise _unwrap(exc) from None
+        consumed, refusals = 0, []
         for (fallback, line), answer in zip(lines, answers):
             if isinstance(answer, PoolSaturatedError):
-                break
+                return consumed, refusals, True
+            consumed += 1
+            if isinstance(answer, MMError):
+                # Not tracked as pending: the id belongs to the submission in flight, whose record is its own.
+                self.refused += 1
+                rid = request_id_of(line, fallback)
+                log.info("request %s refused at admission: %s", rid, answer.message)
+                refusals.append({"request_id": rid, "ok": False, "error": answer.to_dict()})
+                continue
             if isinstance(answer, BaseException):
                 raise answer
             self.pending[str(answer)] = _Pending(line, fallback, time.monotonic() + self.cfg.request_timeout_s)
-        return sum(1 for answer in answers if not isinstance(answer, BaseException))
+        return consumed, refusals, False
 
 
 @dataclass

@@ -1,30 +1,41 @@
 """Token alignment: map processed media items onto their placeholder tokens.
 
-Two paths (see DESIGN.md, "Token alignment"):
+Each item carries its *expansion* (``ray_mm.types.Expansion``): the ids that replace
+its compact placeholder, as text pieces around runs of its feature token. Two paths
+(see DESIGN.md, "Token alignment"):
 
-* **fast** (1:1): every placeholder token stands for one item. One vectorised
-  pass finds the placeholder positions; expansion copies the text segments
-  between them and inserts each item's run, recording offsets as it goes.
-* **legacy scan**: for ids that may already be expanded
-  (``skip_tokenizer_init``) and for adapters with dynamic frame expansion.
-  Maximal runs of each media token are matched to items in order: a run of 1
-  is expanded, a run equal to the item's token count is kept, anything else
-  is an :class:`AlignmentError`.
+* **fast** (1:1): the prompt holds exactly one compact placeholder per item. One
+  pass replaces each by its item's expansion, recording the offsets of its runs.
+* **legacy scan**: for ids that may already be expanded (``skip_tokenizer_init``),
+  adapters with dynamic frame expansion, and count mismatches. At each placeholder
+  or feature token, in order, the next item of that modality must be either its
+  compact placeholder (expanded) or its *full* expansion, every text token and
+  every run length (kept unchanged). Anything else is an :class:`AlignmentError`
+  naming the item, the position and what was expected there.
 
-Offsets are inclusive ``(start, end)`` and computed without wrap-around, so
-runs touching either end of the sequence are found correctly.
+Where an expansion begins or ends with plain text (Qwen3-VL's ``<t seconds>``) and
+the prompt token next to the placeholder is not a special token, ids spliced in
+id space could tokenize differently from the processor's text splice:
+:class:`SpliceRequired` says so, and the caller splices text instead
+(:func:`align_by_text`). Offsets are inclusive ``(start, end)`` runs, found without
+wrap-around.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import AlignmentError
-from .types import AlignedItem, Alignment, ItemMeta
+from .types import AlignedItem, Alignment, Expansion, ItemMeta
 
 _ID_DTYPE = np.int64
+
+
+class SpliceRequired(Exception):
+    """An open-ended expansion sits next to plain text: only a text splice tokenizes it as HF does."""
 
 
 def find_runs(ids: Sequence[int] | np.ndarray, token_id: int) -> list[tuple[int, int]]:
@@ -37,41 +48,12 @@ def find_runs(ids: Sequence[int] | np.ndarray, token_id: int) -> list[tuple[int,
     return [(int(s), int(e) - 1) for s, e in zip(edges[0::2], edges[1::2])]
 
 
-def _token_runs(ids: np.ndarray, token_to_modality: Mapping[int, str]) -> list[tuple[int, int, int]]:
-    """Maximal runs of any media token, in sequence order, as ``(start, end, token_id)``."""
-    tokens = np.fromiter(token_to_modality.keys(), dtype=_ID_DTYPE)
-    positions = np.flatnonzero(np.isin(ids, tokens))
-    if positions.size == 0:
-        return []
-    values = ids[positions]
-    # A run breaks where positions are not adjacent or the token changes.
-    breaks = np.flatnonzero((np.diff(positions) != 1) | (np.diff(values) != 0)) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [positions.size])) - 1
-    return [(int(positions[s]), int(positions[e]), int(values[s])) for s, e in zip(starts, ends)]
+def expansion_of(item: ItemMeta, feature_id: int) -> Expansion:
+    return item.expansion if item.expansion is not None else Expansion.single_run(feature_id, item.num_tokens)
 
 
-def _expand(
-    ids: np.ndarray, plan: list[tuple[int, int, int, ItemMeta, bool]]
-) -> tuple[list[int], list[AlignedItem]]:
-    """Build the output ids from runs ``(start, end, token, item, keep)`` in order."""
-    pieces: list[np.ndarray] = []
-    aligned: list[AlignedItem] = []
-    cursor = 0
-    out_len = 0
-    for start, end, token, item, keep in plan:
-        if start > cursor:
-            pieces.append(ids[cursor:start])
-            out_len += start - cursor
-        if keep:
-            pieces.append(ids[start : end + 1])
-        else:
-            pieces.append(np.full(item.num_tokens, token, dtype=_ID_DTYPE))
-        aligned.append(AlignedItem(meta=item, offsets=[(out_len, out_len + item.num_tokens - 1)]))
-        out_len += item.num_tokens
-        cursor = end + 1
-    pieces.append(ids[cursor:])
-    return np.concatenate(pieces).tolist() if pieces else [], aligned
+def _aligned(item: ItemMeta, exp: Expansion, start: int) -> AlignedItem:
+    return AlignedItem(meta=item, offsets=[(start + s, start + e) for s, e in exp.relative_runs()])
 
 
 def align(
@@ -82,85 +64,125 @@ def align(
     request_id: str = "",
     skip_tokenizer_init: bool = False,
     dynamic_frame_expansion: bool = False,
+    feature_ids: Mapping[str, int] | None = None,
+    special_ids: frozenset[int] | None = None,
 ) -> Alignment:
     """Align ``items`` (per modality, in request order) with ``input_ids``.
 
-    ``placeholder_ids`` maps each modality the model accepts to its media token id.
+    ``placeholder_ids`` maps each modality the model accepts to its compact placeholder token;
+    ``feature_ids`` to the token its expansion's runs are made of (default: the same).
+    With ``special_ids``, the fast path raises :class:`SpliceRequired` where an open-ended
+    expansion would sit next to a token that is not special.
     """
-    token_to_modality = {tok: mod for mod, tok in placeholder_ids.items()}
+    feature_ids = dict(placeholder_ids) if feature_ids is None else {**placeholder_ids, **feature_ids}
     unknown = [m for m, lst in items.items() if lst and m not in placeholder_ids]
     if unknown:
         raise AlignmentError(f"request {request_id}: the model has no placeholder for {', '.join(unknown)}")
     if not skip_tokenizer_init and not dynamic_frame_expansion:
         ids_list = input_ids.tolist() if isinstance(input_ids, np.ndarray) else list(input_ids)
-        fast = _try_fast(ids_list, token_to_modality, items)
+        fast = _try_fast(ids_list, placeholder_ids, feature_ids, items, special_ids)
         if fast is not None:
             return fast
-    ids = np.asarray(input_ids, dtype=_ID_DTYPE)
-    return _legacy(ids, _token_runs(ids, token_to_modality), token_to_modality, items, request_id)
+    ids = input_ids.tolist() if isinstance(input_ids, np.ndarray) else list(input_ids)
+    return _legacy(ids, placeholder_ids, feature_ids, items, request_id)
 
 
 def _try_fast(
-    ids: list[int], token_to_modality: Mapping[int, str], items: Mapping[str, Sequence[ItemMeta]]
+    ids: list[int],
+    placeholder_ids: Mapping[str, int],
+    feature_ids: Mapping[str, int],
+    items: Mapping[str, Sequence[ItemMeta]],
+    special_ids: frozenset[int] | None,
 ) -> Alignment | None:
-    """The 1:1 path, or None when placeholder counts or shapes call for the legacy scan.
+    """The 1:1 path, or None when counts or shapes call for the legacy scan.
 
-    Prompts on this path are short (media not yet expanded), so a plain Python
-    pass over them beats converting to numpy; the output is built by list
-    extension while offsets are recorded, without rescanning.
+    Prompts on this path are short (media not yet expanded), so a plain Python pass beats
+    numpy; the output is built by list extension while offsets are recorded, without rescanning.
     """
-    positions = [k for k, tok in enumerate(ids) if tok in token_to_modality]
-    counts = dict.fromkeys(token_to_modality.values(), 0)
+    token_to_modality = {tok: mod for mod, tok in placeholder_ids.items()}
+    features_only = {tok for mod, tok in feature_ids.items() if tok not in token_to_modality}
+    positions = []
+    for k, tok in enumerate(ids):
+        if tok in token_to_modality:
+            positions.append(k)
+        elif tok in features_only:
+            return None  # an expansion is already in the ids
+    counts = dict.fromkeys(placeholder_ids, 0)
     for k in positions:
         counts[token_to_modality[ids[k]]] += 1
     if any(counts[m] != len(items.get(m, ())) for m in counts):
         return None
-    if any(b - a == 1 and ids[a] == ids[b] for a, b in zip(positions, positions[1:])):
+    bare = {m for m in counts if not all(_bracketed(expansion_of(it, feature_ids[m])) for it in items.get(m, ()))}
+    if any(b - a == 1 and ids[a] == ids[b] and token_to_modality[ids[a]] in bare for a, b in zip(positions, positions[1:])):
         return None  # adjacent placeholders may be an expanded run: let the legacy scan decide
     cursors = dict.fromkeys(counts, 0)
     out: list[int] = []
     aligned: list[AlignedItem] = []
     cursor = 0
     for k in positions:
-        tok = ids[k]
-        modality = token_to_modality[tok]
+        modality = token_to_modality[ids[k]]
         item = items[modality][cursors[modality]]
         cursors[modality] += 1
+        exp = expansion_of(item, feature_ids[modality])
+        if special_ids is not None and (
+            (exp.open_start and k > 0 and ids[k - 1] not in special_ids)
+            or (exp.open_end and k + 1 < len(ids) and ids[k + 1] not in special_ids)
+        ):
+            raise SpliceRequired(f"{modality} {item.index}")
         out.extend(ids[cursor:k])
-        aligned.append(AlignedItem(meta=item, offsets=[(len(out), len(out) + item.num_tokens - 1)]))
-        out.extend([tok] * item.num_tokens)
+        aligned.append(_aligned(item, exp, len(out)))
+        out.extend(exp.ids())
         cursor = k + 1
     out.extend(ids[cursor:])
     return Alignment(input_ids=out, items=aligned, path="fast")
 
 
 def _legacy(
-    ids: np.ndarray,
-    runs: list[tuple[int, int, int]],
-    token_to_modality: Mapping[int, str],
+    ids: list[int],
+    placeholder_ids: Mapping[str, int],
+    feature_ids: Mapping[str, int],
     items: Mapping[str, Sequence[ItemMeta]],
     request_id: str,
 ) -> Alignment:
-    cursors = {m: 0 for m in token_to_modality.values()}
-    plan = []
-    for start, end, tok in runs:
-        modality = token_to_modality[tok]
-        k = cursors[modality]
+    """Walk the ids; at each placeholder or feature token, the next item of its modality must be
+    there, compact or fully expanded."""
+    trigger: dict[int, str] = {tok: m for m, tok in feature_ids.items()}
+    trigger.update({tok: m for m, tok in placeholder_ids.items()})
+    cursors = {m: 0 for m in placeholder_ids}
+    arr = np.asarray(ids, dtype=_ID_DTYPE)
+    hits = np.flatnonzero(np.isin(arr, np.fromiter(trigger, dtype=_ID_DTYPE))) if ids else np.empty(0, _ID_DTYPE)
+    out: list[int] = []
+    aligned: list[AlignedItem] = []
+    cursor = 0  # ids before this are copied or consumed
+    for p in hits.tolist():
+        if p < cursor:
+            continue  # inside an expansion kept whole
+        modality = trigger[ids[p]]
         available = items.get(modality, ())
+        k = cursors[modality]
         if k >= len(available):
-            n_placeholders = sum(1 for _, _, t in runs if token_to_modality[t] == modality)
             raise AlignmentError(
                 f"request {request_id}: more {modality} placeholders than {modality} items "
-                f"(found at least {n_placeholders} placeholder runs, {len(available)} items)"
+                f"(a {modality} placeholder or feature token at position {p} after all {len(available)} items were placed)"
             )
         item = available[k]
-        length = end - start + 1
-        if length != 1 and length != item.num_tokens:
-            raise AlignmentError(
-                f"request {request_id}: {modality} {item.index} has a run of {length} placeholder tokens "
-                f"at {start}, but the item stands for {item.num_tokens} tokens (expected 1 or {item.num_tokens})"
-            )
-        plan.append((start, end, tok, item, length == item.num_tokens and length != 1 or item.num_tokens == 1))
+        exp = expansion_of(item, feature_ids[modality])
+        full = _full_match_start(ids, p, exp, cursor)
+        if full is not None:
+            # Kept as sent. Only the core is matched: plain text at either end (Gemma 3's newlines,
+            # Qwen3-VL's first timestamp) may have merged with the prompt's text under the tokenizer.
+            core_len = exp.length - exp.lead - exp.trail
+            out.extend(ids[cursor:full])
+            aligned.append(_aligned(item, exp, len(out) - exp.lead))
+            out.extend(ids[full : full + core_len])
+            cursor = full + core_len
+        elif ids[p] == placeholder_ids[modality] and (_run_length(ids, p) == 1 or _compact_run(ids, p, exp, cursor)):
+            out.extend(ids[cursor:p])
+            aligned.append(_aligned(item, exp, len(out)))
+            out.extend(exp.ids())
+            cursor = p + 1
+        else:
+            raise AlignmentError(_mismatch(request_id, modality, item, exp, ids, p))
         cursors[modality] = k + 1
     for modality, lst in items.items():
         if cursors.get(modality, 0) < len(lst):
@@ -168,5 +190,127 @@ def _legacy(
                 f"request {request_id}: {len(lst)} {modality} items but only {cursors.get(modality, 0)} "
                 f"{modality} placeholders in the prompt"
             )
-    out, aligned = _expand(ids, plan)
+    out.extend(ids[cursor:])
     return Alignment(input_ids=out, items=aligned, path="legacy")
+
+
+def _anchor(exp: Expansion, token: int) -> int | None:
+    """Where ``token`` first occurs in the expansion (the scan meets an expansion there)."""
+    ids = exp.ids()
+    return ids.index(token) if token in ids else None
+
+
+def _full_match_start(ids: list[int], p: int, exp: Expansion, cursor: int) -> int | None:
+    """Where the core of the item's full expansion starts (see ``Expansion.core``) if the one met at
+    ``p`` is exactly it, else None. A run at either end of the expansion must not continue past it
+    (no longer run is accepted)."""
+    core = exp.core()
+    if ids[p] not in core:
+        return None
+    start = p - core.index(ids[p])
+    end = start + len(core)
+    if start < cursor or end > len(ids) or ids[start:end] != core:
+        return None
+    if not exp.texts[0] and start > 0 and ids[start - 1] == exp.token:
+        return None
+    if not exp.texts[-1] and end < len(ids) and ids[end] == exp.token:
+        return None
+    return start
+
+
+def _bracketed(exp: Expansion) -> bool:
+    """The expansion has text before its first run and after its last: no bare run of its token
+    begins or ends it, so placeholders side by side cannot be one expanded item (MiniCPM-V)."""
+    return bool(exp.texts[0]) and bool(exp.texts[-1])
+
+
+def _compact_run(ids: list[int], p: int, exp: Expansion, cursor: int) -> bool:
+    """Whether the placeholder at ``p``, one of several side by side, is compact: only for a bracketed
+    expansion (a full one would have matched), and only where no unconsumed token next to the run is
+    one that borders a run in the expansion (a damaged expansion is an error, not placeholders)."""
+    if not _bracketed(exp):
+        return False
+    start, end = p, p
+    while start > cursor and ids[start - 1] == ids[p]:
+        start -= 1
+    while end + 1 < len(ids) and ids[end + 1] == ids[p]:
+        end += 1
+    borders = {t[-1] for t in exp.texts[:-1] if t} | {t[0] for t in exp.texts[1:] if t}
+    return not ((start > cursor and ids[start - 1] in borders) or (end + 1 < len(ids) and ids[end + 1] in borders))
+
+
+def _run_length(ids: list[int], p: int) -> int:
+    end = p
+    while end + 1 < len(ids) and ids[end + 1] == ids[p]:
+        end += 1
+    start = p
+    while start > 0 and ids[start - 1] == ids[p]:
+        start -= 1
+    return end - start + 1
+
+
+def _mismatch(request_id: str, modality: str, item: ItemMeta, exp: Expansion, ids: list[int], p: int) -> str:
+    """What was expected at ``p`` and what was found, for the error message."""
+    run = _run_length(ids, p)
+    head = f"request {request_id}: {modality} {item.index} at position {p}: expected its compact placeholder (1 token) or "
+    if len(exp.runs) == 1 and not exp.texts[0] and not exp.texts[-1]:
+        return head + (f"its full expansion, a run of {item.num_tokens} tokens (expected 1 or {item.num_tokens}); "
+                       f"found a run of {run}")
+    anchor = _anchor(exp, ids[p]) or 0
+    start, want = max(0, p - anchor), exp.ids()
+    got = ids[start : start + len(want)]
+    diff = next((j for j, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+    found = f"token {got[diff]}" if diff < len(got) else "the end of the ids"
+    return head + (f"its full expansion of {len(want)} tokens ({len(exp.runs)} runs of {exp.runs[:4]}"
+                   f"{'...' if len(exp.runs) > 4 else ''} with text between); from position {start} it differs at "
+                   f"{start + diff}: expected token {want[diff] if diff < len(want) else 'end'}, found {found}")
+
+
+def align_by_text(
+    text: str,
+    placeholder_texts: Mapping[str, str],
+    feature_ids: Mapping[str, int],
+    token_texts: Mapping[str, str],
+    items: Mapping[str, Sequence[ItemMeta]],
+    tokenize: Callable[[str], list[int]],
+    *,
+    request_id: str = "",
+) -> Alignment:
+    """The processor's own way: replace each compact placeholder in ``text`` by its item's
+    expansion as text, in prompt order, and tokenize once. Offsets are read back from the
+    feature tokens in order. Used where id-space splicing could tokenize differently."""
+    pattern = re.compile("|".join(f"(?P<{m}>{re.escape(t)})" for m, t in placeholder_texts.items() if items.get(m)))
+    cursors = dict.fromkeys(placeholder_texts, 0)
+    order: list[tuple[str, ItemMeta]] = []
+    pieces, last = [], 0
+    for match in pattern.finditer(text):
+        modality = match.lastgroup or ""
+        available = items.get(modality, ())
+        if cursors[modality] >= len(available):
+            raise AlignmentError(f"request {request_id}: more {modality} placeholders than {modality} items")
+        item = available[cursors[modality]]
+        cursors[modality] += 1
+        exp = expansion_of(item, feature_ids[modality])
+        pieces += [text[last : match.start()], exp.text(token_texts[modality])]
+        order.append((modality, item))
+        last = match.end()
+    for modality, lst in items.items():
+        if cursors.get(modality, 0) < len(lst):
+            raise AlignmentError(f"request {request_id}: {len(lst)} {modality} items but only {cursors.get(modality, 0)} "
+                                 f"{modality} placeholders in the prompt")
+    ids = tokenize("".join(pieces) + text[last:])
+    arr = np.asarray(ids, dtype=_ID_DTYPE)
+    aligned = []
+    taken = dict.fromkeys(placeholder_texts, 0)
+    positions = {m: np.flatnonzero(arr == tok).tolist() for m, tok in feature_ids.items()}
+    for modality, item in order:
+        offsets = []
+        for n in expansion_of(item, feature_ids[modality]).runs:
+            run = positions[modality][taken[modality] : taken[modality] + n]
+            taken[modality] += n
+            if len(run) != n or run[-1] - run[0] != n - 1:
+                raise AlignmentError(f"request {request_id}: {modality} {item.index}: its expansion did not survive tokenization")
+            offsets.append((run[0], run[-1]))
+        aligned.append(AlignedItem(meta=item, offsets=offsets))
+    return Alignment(input_ids=ids, items=aligned, path="fast")
+

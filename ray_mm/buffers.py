@@ -102,3 +102,64 @@ def new_output(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """An output tensor: from the thread's active arena, else freshly allocated."""
     arena = active_arena()
     return arena.take(shape, dtype) if arena is not None else torch.empty(tuple(shape), dtype=dtype)
+
+
+class ArenaPool:
+    """Arenas for calls that overlap (an async media worker runs several calls at once).
+
+    A call takes an arena with :meth:`acquire` and returns its features in the
+    :class:`CallOutputs` list that :meth:`outputs` makes. The arena goes back to the
+    pool only when that list is garbage: Ray drops the return value once it has copied
+    it into the object store, so an arena is never reused while its outputs may still
+    be read. Should anything keep the list alive longer, the pool just makes another arena.
+    """
+
+    def __init__(self, max_retained_bytes: int = 256 << 20) -> None:
+        self.max_retained_bytes = max_retained_bytes
+        self._free: list[CallArena] = []
+        self._lock = threading.Lock()
+        self.created = 0
+
+    def acquire(self) -> CallArena:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self.created += 1
+        return CallArena(self.max_retained_bytes)
+
+    def release(self, arena: CallArena) -> None:
+        arena.reset()
+        with self._lock:
+            self._free.append(arena)
+
+    def outputs(self, arena: CallArena) -> CallOutputs:
+        return CallOutputs(self, arena)
+
+    @property
+    def allocations(self) -> int:
+        """Buffer allocations over every arena this pool made (grows only while calls grow)."""
+        with self._lock:
+            return sum(a.allocations for a in self._free)
+
+    @property
+    def capacity(self) -> int:
+        with self._lock:
+            return sum(a.capacity for a in self._free)
+
+
+class CallOutputs(list):  # type: ignore[type-arg]
+    """A call's output list; releases the call's arena to its pool when garbage. Pickles as a
+    plain list, so readers of the object store never see this class."""
+
+    def __init__(self, pool: ArenaPool, arena: CallArena) -> None:
+        super().__init__()
+        self._pool: ArenaPool | None = pool
+        self._arena = arena
+
+    def __reduce__(self) -> tuple[type, tuple[list]]:  # type: ignore[type-arg]
+        return (list, (list(self),))
+
+    def __del__(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.release(self._arena)

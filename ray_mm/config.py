@@ -5,11 +5,13 @@ One ``RayMMConfig`` holds everything; each section is usable on its own.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class _Strict(BaseModel):
@@ -45,6 +47,12 @@ class MediaPolicy(_Strict):
     max_audio_duration_s: float = Field(default=600.0, gt=0, description="Cap on the duration of one audio item.")
     max_items_per_request: int = Field(
         default=64, gt=0, description="Cap on media items (images, videos, audio) in one request, checked before any is fetched."
+    )
+    max_precomputed_bytes: int = Field(
+        default=256 << 20,
+        gt=0,
+        description="Cap on the array bytes of one precomputed item (processor_output / precomputed_embedding), "
+        "estimated without converting the arrays and checked at admission, before any item is dispatched.",
     )
     image_formats: list[str] = Field(
         default=["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"], description="Pillow formats opened as images."
@@ -99,9 +107,97 @@ class RayMMConfig(_Strict):
     pool: dict[str, Any] = Field(default_factory=dict, description="Pool section, validated by the pool's own model.")
 
 
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line (the CLI prints it and exits 2)."""
+
+
+M = typing.TypeVar("M", bound=BaseModel)
+
+
 def load_config(path: str | Path | None) -> RayMMConfig:
-    """Read a YAML file into ``RayMMConfig``; ``None`` gives the defaults."""
+    """Read a YAML file into ``RayMMConfig``; ``None`` gives the defaults.
+
+    Raises ``ConfigError`` (a ``ValueError``) with one line naming the file and the problem: a
+    file that cannot be read, YAML that does not parse, or a key or value the model refuses (for a
+    misspelt key, the nearest valid name).
+    """
     if path is None:
         return RayMMConfig()
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return RayMMConfig.model_validate(data)
+    return validate_config(RayMMConfig, read_yaml_mapping(path), path)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (an empty file is ``{}``); ``ConfigError`` otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read config file {path}: {reason}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys, got a {type(data).__name__}")
+    return data
+
+
+def validate_config(model: type[M], data: Any, path: str | Path, prefix: str = "") -> M:
+    """``model.model_validate(data)``, a refusal raised as ``ConfigError`` naming ``path`` and the key
+    (``prefix`` is where ``data`` sits in the file, e.g. ``"pool."``)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"config file {path}: {describe_validation_error(exc, model, prefix)}") from exc
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line for a pydantic refusal of ``model``: its first problem by dotted key (after
+    ``prefix``), with, for an unknown key, the nearest valid name at that level (``difflib``)."""
+    errors = exc.errors()
+    if not errors:
+        return str(exc).splitlines()[0]
+    first = errors[0]
+    parts = [str(p) for p in first.get("loc", ())]
+    key = prefix + ".".join(parts)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if first.get("type") == "extra_forbidden" and parts:
+        valid = _field_names(model, parts[:-1])
+        near = difflib.get_close_matches(parts[-1], valid, n=1)
+        if near:
+            hint = f"; did you mean '{prefix}{'.'.join([*parts[:-1], near[0]])}'?"
+        else:
+            hint = f"; valid keys here: {', '.join(sorted(valid))}" if valid else ""
+        return f"unknown key '{key}'{hint}{more}"
+    message = " ".join(str(first.get("msg", "invalid")).split())
+    return f"invalid value for '{key}': {message}{more}" if key else f"{message}{more}"
+
+
+def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the model found by following ``path`` (nested sections) from ``model``;
+    empty where the path leaves the models (a free-form dict)."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if current is None:
+            return []
+        if part.isdigit():  # an index into a list of models: same model
+            continue
+        field = current.model_fields.get(part)
+        current = _model_in(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

@@ -3,16 +3,18 @@
 Hierarchy::
 
     ValueError
-    └── MMError                  status 500 unless a subclass says otherwise
-        ├── RequestError         400  request line does not match the schema
-        ├── MediaFetchError      400  media could not be fetched (HTTP error, bad base64, missing file)
-        ├── MediaDecodeError     400  bytes are not a valid image / video / audio
-        ├── MediaPolicyError     403  refused by policy (SSRF, scheme, path outside root, credentials)
-        ├── MediaLimitError      413  over a cap (bytes, pixels, frames, duration)
-        ├── AlignmentError       400  placeholders and media items do not line up
-        ├── PoolSaturatedError   503  admission limit reached; retry later
-        ├── RequestTimeoutError  504  a fetch or the whole request ran past its deadline
-        └── InternalError        500  a fault of ray-mm itself
+    └── MMError                   status 500 unless a subclass says otherwise
+        ├── RequestError          400  request line does not match the schema
+        ├── MediaFetchError       400  media could not be fetched (HTTP error, bad base64, missing file);
+        │                         504  when the fetch ran past fetch_timeout_s
+        ├── MediaDecodeError      400  bytes are not a valid image / video / audio
+        ├── MediaPolicyError      403  refused by policy (SSRF, scheme, path outside root, credentials)
+        ├── MediaLimitError       413  over a cap (bytes, pixels, frames, duration, precomputed bytes)
+        ├── MediaUnsupportedError 422  valid media the model cannot take (e.g. an aspect ratio over its limit)
+        ├── AlignmentError        400  placeholders and media items do not line up
+        ├── PoolSaturatedError    503  admission limit reached; retry later
+        ├── RequestTimeoutError   504  the whole request ran past its deadline
+        └── InternalError         500  a fault of ray-mm itself
 
 Library errors (PIL, av, httpx) are translated into these at the edge, and
 messages name the offending item ("image 2 of request r17") without echoing a
@@ -68,6 +70,12 @@ class MediaPolicyError(MMError):
 
 class MediaLimitError(MMError):
     status = 413
+
+
+class MediaUnsupportedError(MMError):
+    """The media decoded fine but the model's processor cannot take it (aspect ratio over its limit, and the like)."""
+
+    status = 422
 
 
 class AlignmentError(MMError):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from .align import align
+from .align import SpliceRequired, align, align_by_text
 from .buffers import active_arena
 from .cache import FeatureCache
 from .config import RayMMConfig
-from .errors import InternalError, MediaLimitError, MMError, RequestError
+from .errors import InternalError, MediaLimitError, MediaUnsupportedError, MMError, RequestError, describe_source
 from .media import DecodedMedia, DecodedVideo, MediaLoader, is_precomputed
+from .media.loader import FetchedMedia
 from .models import ModelAdapter, load_adapter
-from .precomputed import precomputed_features
+from .precomputed import payload_nbytes, precomputed_features
 from .request import parse_request, request_id_of
 from .types import MODALITIES, Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +58,9 @@ class Preprocessor:
 
     # -- coordinator side -------------------------------------------------
     def prepare(self, line: Any, fallback_id: str = "?") -> Prepared:
+        """Parse and tokenize one request, and refuse it (typed error) on what can be checked before
+        any item is dispatched: the item count, the modalities, where videos go for a frame-expanding
+        adapter, and the size of precomputed payloads."""
         t0 = time.perf_counter()
         req = parse_request(
             line,
@@ -70,21 +79,57 @@ class Preprocessor:
                 raise RequestError(
                     f"request {req.request_id}: model adapter {self.adapter.name!r} does not accept {modality}"
                 )
+        self._check_video_entries(req, chat=isinstance(line, dict) and "messages" in line)
+        self._check_precomputed_bytes(req)
         ids = req.input_ids if req.input_ids is not None else self.adapter.tokenize(req.prompt or "")
         return Prepared(req, ids, {"tokenize_s": time.perf_counter() - t0})
+
+    def _check_video_entries(self, req: ParsedRequest, chat: bool) -> None:
+        """A frame-expanding adapter takes videos among the images unless it places ``videos`` entries itself.
+
+        Alignment orders items per modality, so the frames of a ``videos`` entry would fill the image
+        placeholders after every image, whatever the prompt order: wrong features, silently.
+        """
+        n = len(req.media.get("video") or [])
+        if not n or not self.adapter.expand_video_as_frames or self.adapter.frames_from_videos_in_prompt_order:
+            return
+        got = f"{n} video part{'s' if n > 1 else ''} in 'messages'" if chat else f"{n} entr{'ies' if n > 1 else 'y'} in 'videos'"
+        raise RequestError(
+            f"request {req.request_id}: adapter {self.adapter.name} takes videos as entries of 'images' with "
+            f'"kind": "video"; got {got}'
+        )
+
+    def _check_precomputed_bytes(self, req: ParsedRequest) -> None:
+        """Refuse a precomputed payload over ``max_precomputed_bytes``, sized without converting it."""
+        cap = self.config.media.max_precomputed_bytes
+        for spec in req.items():
+            if is_precomputed(spec.source):
+                nbytes = payload_nbytes(spec.source)
+                if nbytes > cap:
+                    raise MediaLimitError(
+                        f"{spec.label}: precomputed arrays of about {nbytes} bytes, over the cap of {cap} (max_precomputed_bytes)"
+                    )
 
     def align_request(self, prepared: Prepared, per_spec: list[list[ItemMeta]]) -> Alignment:
         """Align item metadata (one list per spec, in ``request.items()`` order)."""
         req = prepared.request
         items = group_items(req.items(), per_spec)
-        return align(
-            prepared.input_ids,
-            self.adapter.placeholder_token_ids,
-            items,
+        adapter = self.adapter
+        kwargs: dict[str, Any] = dict(
             request_id=req.request_id,
             skip_tokenizer_init=req.skip_tokenizer_init,
-            dynamic_frame_expansion=self.adapter.dynamic_frame_expansion,
+            dynamic_frame_expansion=adapter.dynamic_frame_expansion,
+            feature_ids=adapter.feature_token_ids,
         )
+        if req.prompt is None:  # ids from the client: they are spliced in id space, as sent
+            return align(prepared.input_ids, adapter.placeholder_token_ids, items, **kwargs)
+        try:
+            return align(prepared.input_ids, adapter.placeholder_token_ids, items, special_ids=adapter.special_token_ids, **kwargs)
+        except SpliceRequired:
+            # An expansion opens or closes with plain text next to plain prompt text: splice the
+            # text and tokenize once, as the processor does, so the ids are the processor's.
+            return align_by_text(req.prompt, adapter.placeholder_tokens, adapter.feature_token_ids, adapter.feature_tokens,
+                                 items, adapter.tokenize, request_id=req.request_id)
 
     # -- media worker side --------------------------------------------------
     def resolve_spec(self, spec: MediaSpec) -> tuple[MediaSpec, dict[str, Any]]:
@@ -100,17 +145,34 @@ class Preprocessor:
 
     def process_item(self, spec: MediaSpec) -> list[ProcessedItem]:
         """Fetch, decode and run the processor on one media entry."""
+        load_spec, _ = self.resolve_spec(spec)
+        return self.process_fetched(spec, None if self._nothing_to_fetch(load_spec) else self.loader.fetch(load_spec))
+
+    async def fetch_item_async(self, spec: MediaSpec) -> FetchedMedia | None:
+        """The entry's bytes, fetched on the event loop (media workers fetch many at once, off their
+        decode thread); None for entries with nothing to fetch (precomputed, in-process media)."""
+        load_spec, _ = self.resolve_spec(spec)
+        return None if self._nothing_to_fetch(load_spec) else await self.loader.fetch_async(load_spec)
+
+    def _nothing_to_fetch(self, load_spec: MediaSpec) -> bool:
+        return is_precomputed(load_spec.source) or self.loader.is_in_process(load_spec)
+
+    def process_fetched(self, spec: MediaSpec, fetched: FetchedMedia | None) -> list[ProcessedItem]:
+        """Decode and run the processor on one entry whose bytes are in (``fetched``; None when
+        ``fetch_item_async`` said there is nothing to fetch); the content-hash cache is consulted first."""
         load_spec, proc_options = self.resolve_spec(spec)
         if is_precomputed(load_spec.source):
             return [self._precomputed_item(spec)]
-        if not self.cache.max_bytes or self.loader.is_in_process(load_spec):
+        if fetched is None:
             return self.process_decoded(spec, self.loader.load(load_spec), load_spec, proc_options)
-        fetched = self.loader.fetch(load_spec)
+        if not self.cache.max_bytes:
+            return self.process_decoded(spec, self.loader.decode(load_spec, fetched), load_spec, proc_options)
         cache_key = (fetched.content_hash, self.adapter.name, self.config.transport, load_spec.modality)
         cached = self.cache.get(cache_key)
         if cached is not None:
             for item in cached:
                 item.meta.index = spec.index
+                item.meta.expansion = self.adapter.item_expansion(item.meta.modality, item.base_expansion, spec.index)
                 item.meta.source_index = spec.index if item.meta.source_index is not None else None
                 item.meta.timings = {"fetch_s": fetched.fetch_s, "decode_s": 0.0, "process_s": 0.0, "cache_hit": 1.0}
             return cached
@@ -131,18 +193,19 @@ class Preprocessor:
         process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
         try:
             data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
+            if isinstance(decoded.data, DecodedVideo) and self.adapter.takes_video_metadata:
+                process_options = {**process_options, "video_metadata": video_metadata(decoded.data)}
             t0 = time.perf_counter()
             outputs = self.adapter.process(load_spec.modality, data, process_options)
             process_s = time.perf_counter() - t0
+        except MediaUnsupportedError as exc:  # the adapter's own check (check_input) gives the reason; name the item
+            if exc.message.startswith(spec.label):
+                raise
+            raise MediaUnsupportedError(f"{spec.label}: {exc.message}") from exc
         except MMError:
             raise
-        except (ValueError, TypeError) as exc:
-            if proc_options:  # the client's per-item options are the likely cause: a bad request, not our fault
-                names = ", ".join(str(k)[:40] for k in sorted(proc_options, key=str)[:8])
-                raise RequestError(f"{spec.label}: the processor rejected the item's options ({names}; {type(exc).__name__})") from exc
-            raise InternalError(f"{spec.label}: processor failed ({type(exc).__name__})") from exc
-        except Exception as exc:  # a processor bug must fail this item only, with a typed error
-            raise InternalError(f"{spec.label}: processor failed ({type(exc).__name__})") from exc
+        except Exception as exc:
+            raise _processor_error(spec, proc_options, exc) from exc
         results = []
         for k, out in enumerate(outputs):
             content_hash = decoded.content_hash if len(outputs) == 1 else _sub_hash(decoded.content_hash, k)
@@ -156,11 +219,13 @@ class Preprocessor:
                 hash=content_hash,
                 feature_shape=[int(x) for x in primary.shape],
                 feature_dtype=str(primary.dtype),
+                expansion=self.adapter.item_expansion(out.modality, out.expansion, spec.index),
+                extras=dict(out.extras),
                 source_modality=load_spec.modality if expanded else None,
                 source_index=spec.index if expanded else None,
                 timings={**decoded.timings, "process_s": process_s / len(outputs)},
             )
-            results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary))
+            results.append(ProcessedItem(meta=meta, features=out.features, primary=out.primary, base_expansion=out.expansion))
         return results
 
     def _precomputed_item(self, spec: MediaSpec) -> ProcessedItem:
@@ -210,25 +275,80 @@ class Preprocessor:
         except MMError as exc:
             return RequestOutcome.failure(rid, exc)
         except Exception as exc:
+            logger.exception("request %s: internal fault", rid)
             return RequestOutcome.failure(rid, InternalError(f"request {rid}: internal error ({type(exc).__name__})"))
         by_meta = {id(p.meta): p for group in processed for p in group}
         # Dumped features are what the model consumes: uint8 transport is normalised here as the GPU worker would.
-        features = [
-            self.adapter.finish_features(by_meta[id(item.meta)].features)[by_meta[id(item.meta)].primary]
-            for item in alignment.items
-        ]
+        finished = [self.adapter.finish_features(by_meta[id(item.meta)].features) for item in alignment.items]
+        features = [f[by_meta[id(item.meta)].primary] for f, item in zip(finished, alignment.items)]
         timings = {**prepared.timings, "align_s": align_s, "total_s": time.perf_counter() - t0}
         for stage in ("fetch_s", "decode_s", "process_s"):
             timings[stage] = sum(p.meta.timings.get(stage, 0.0) for group in processed for p in group)
-        return RequestOutcome(rid, success_record(rid, alignment, timings), features)
+        return RequestOutcome(rid, success_record(rid, alignment, timings), features, finished)
 
 
 _LOADER_OPTIONS = frozenset({"fps", "nframes", "min_frames", "max_frames", "kind", "type"})
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
+_DATA_URI = re.compile(r"data:[^\s'\"]*")
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/\s@]*@")
+_REASON_CHARS = 200
+
+
+def _processor_error(spec: MediaSpec, proc_options: dict[str, Any], exc: Exception) -> MMError:
+    """The typed error for an exception out of ``adapter.process`` (other than an ``MMError``).
+
+    The HF processors refuse input they cannot take with ``ValueError`` (an aspect ratio over
+    their limit, a shape they cannot read; adapters follow the same rule, see
+    ``ModelAdapter.process``), and sometimes ``TypeError``: that is the client's input, 4xx:
+    a ``RequestError`` when the item carries processor options (the likely cause), else a
+    ``MediaUnsupportedError``. Anything else (``KeyError``, ``AttributeError``, ...), and a
+    ``TypeError`` raised in ray-mm's own code, is a fault of ray-mm: logged with its
+    traceback, 500.
+    """
+    ours = isinstance(exc, TypeError) and _raised_in_ray_mm(exc)
+    if isinstance(exc, (ValueError, TypeError)) and not ours:
+        reason = _safe_reason(exc)
+        if proc_options:  # the client's per-item options are the likely cause: a bad request, not our fault
+            names = ", ".join(str(k)[:40] for k in sorted(proc_options, key=str)[:8])
+            return RequestError(f"{spec.label}: the processor rejected the item's options ({names}; {type(exc).__name__}: {reason})")
+        return MediaUnsupportedError(f"{spec.label}: the model's processor cannot take this {spec.modality}: {reason}")
+    logger.exception("%s: processor fault (%s)", spec.label, type(exc).__name__, exc_info=exc)
+    return InternalError(f"{spec.label}: processor failed ({type(exc).__name__})")
+
+
+def _raised_in_ray_mm(exc: BaseException) -> bool:
+    """True when the innermost frame of ``exc``'s traceback is ray-mm's own code (not a library's)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.realpath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR)
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """A library's message fit for a client: one line, no ``data:`` payload or URL credentials, ~200 chars."""
+    text = " ".join(str(exc).split())
+    text = _DATA_URI.sub(lambda m: describe_source(m.group(0)), text)
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    if len(text) > _REASON_CHARS:
+        text = text[:_REASON_CHARS] + "..."
+    return text or type(exc).__name__
+
+
 def _processor_options(options: dict[str, Any]) -> dict[str, Any]:
     """Per-item options meant for the processor (sampling options are the loader's)."""
     return {k: v for k, v in options.items() if k not in _LOADER_OPTIONS}
+
+
+def video_metadata(video: DecodedVideo) -> dict[str, Any]:
+    """How the frames were sampled, in the form HF video processors take (``video_metadata``): without
+    it they re-sample, or compute timestamps and ``second_per_grid_ts`` at an assumed 24 fps."""
+    return {"fps": float(video.video_fps), "total_num_frames": int(video.total_frames),
+            "frames_indices": [int(i) for i in video.indices],
+            "duration": float(video.total_frames) / float(video.video_fps) if video.video_fps else None}
 
 
 def _draft_size(target: Any) -> Any:
@@ -287,7 +407,8 @@ def success_record(rid: str, alignment: Alignment, timings: dict[str, float]) ->
 class RequestOutcome:
     request_id: str
     record: dict[str, Any]
-    features: list[np.ndarray] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)  # each item's main array, in prompt order
+    item_features: list[dict[str, Any]] = field(default_factory=list)  # each item's outputs, named as the processor names them
 
     @classmethod
     def failure(cls, rid: str, exc: MMError) -> RequestOutcome:

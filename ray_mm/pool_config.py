@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import RayMMConfig
+from .config import RayMMConfig, load_config, read_yaml_mapping, validate_config
 
 DEFAULT_CPU_RESOURCE = "mm_cpu"
 DEFAULT_GPU_RESOURCE = "mm_gpu"
@@ -55,7 +54,25 @@ class PoolConfig(BaseModel):
     max_inflight_requests: int = Field(
         default=64, ge=1, description="Admission limit: requests held by the coordinator; past it submit raises."
     )
-    max_inflight_per_worker: int = Field(default=4, ge=1, description="Items queued on one media worker at once.")
+    max_inflight_per_worker: int = Field(
+        default=4, ge=1,
+        description="Items of decode work queued on one media worker at once (items waiting on a slow fetch are not counted).",
+    )
+    max_fetches_per_worker: int = Field(
+        default=16, ge=1,
+        description="Fetches one media worker runs concurrently (async, off its decode thread); also how many "
+        "slow-fetch items the coordinator parks on one worker.",
+    )
+    slow_fetch_s: float = Field(
+        default=0.5, gt=0,
+        description="A media worker tells the coordinator about a fetch still running after this long, which then "
+        "stops counting that item as decode work, so slow servers do not hold a worker's decode slots.",
+    )
+    max_worker_deaths_per_item: int = Field(
+        default=2, ge=1,
+        description="An item during whose processing this many media workers died fails its request "
+        "(InternalError 500) and is not dispatched again.",
+    )
     ready_queue_size: int = Field(default=16, ge=1, description="Aligned requests waiting for a GPU worker.")
     pull_batch_size: int = Field(default=4, ge=1, description="Requests a GPU worker pulls at once.")
     lease_s: float = Field(default=30.0, gt=0, description="A pulled request not acknowledged within this goes back to the queue.")
@@ -96,12 +113,15 @@ class PoolConfig(BaseModel):
 
 
 def load_pool_config(path: str | Path | None) -> tuple[RayMMConfig, PoolConfig]:
-    """Read one YAML file holding the core sections and a ``pool:`` section."""
+    """Read one YAML file holding the core sections and a ``pool:`` section.
+
+    Raises ``ConfigError`` with one line naming the file and the problem (a misspelt pool key
+    as ``pool.<key>``, with the nearest valid name).
+    """
     if path is None:
         return RayMMConfig(), PoolConfig()
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    core = RayMMConfig.model_validate(data)
-    return core, PoolConfig.model_validate(core.pool)
+    core = load_config(path)
+    return core, validate_config(PoolConfig, core.pool, path, prefix="pool.")
 
 
 class NodeGroup(BaseModel):
@@ -132,6 +152,7 @@ class LocalClusterSpec(BaseModel):
 
 
 def load_local_cluster_spec(path: str | Path | None) -> LocalClusterSpec:
+    """Read a simulated-cluster spec; ``ConfigError`` (one line) for a file or key it cannot use."""
     if path is None:
         return LocalClusterSpec()
-    return LocalClusterSpec.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(LocalClusterSpec, read_yaml_mapping(path), path)

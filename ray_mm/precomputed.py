@@ -8,7 +8,8 @@ embeddings themselves, one row per placeholder token; the GPU worker passes them
 through instead of running the encoder.
 
 Arrays may be nested lists, numpy arrays (in process), or ``{"npy": base64}``
-(the bytes of ``numpy.save``).
+(the bytes of ``numpy.save``). :func:`payload_nbytes` sizes a payload without
+converting it, for the admission cap ``media.max_precomputed_bytes``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RequestError
+from .errors import MMError, RequestError
 from .media import canonical_options, content_hash
 from .types import ItemFeatures, MediaSpec
 
@@ -30,13 +31,65 @@ PRIMARY = {"image": "pixel_values", "video": "pixel_values_videos", "audio": "in
 GRID = {"image": "image_grid_thw", "video": "video_grid_thw"}
 
 
+# Nesting deeper than numpy's own limit (64 dimensions) cannot become an array anyway.
+_MAX_DEPTH = 64
+
+
+def payload_nbytes(payload: dict[str, Any]) -> int:
+    """The bytes a precomputed payload's arrays take once converted, estimated without converting them.
+
+    numpy arrays count their ``nbytes``; ``{"npy": base64}`` the bytes it decodes to (a
+    ``.npy`` whose header declares more data than it carries is refused when loaded);
+    nested lists ``8`` bytes (float64, what ``np.asarray`` builds first) per element, with
+    the shape read along the first element of each level. That reading is exact for every
+    list numpy can convert: a ragged list fails conversion with a 400 anyway. Costs
+    O(depth), so a huge payload is refused before any copy of it is made.
+    """
+    return sum(_value_nbytes(v) for k, v in payload.items() if k != "format")
+
+
+def _value_nbytes(value: Any, depth: int = 0) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        npy = value.get("npy")
+        return len(npy) * 3 // 4 if isinstance(npy, str) else 0
+    if isinstance(value, (list, tuple)):
+        if not value or depth >= _MAX_DEPTH:
+            return 0
+        return len(value) * _value_nbytes(value[0], depth + 1)
+    if isinstance(value, (str, bytes)):
+        return 4 * len(value)  # np.asarray makes a unicode scalar of 4 bytes a character
+    return int(getattr(value, "nbytes", 8))  # a number (8), or an array-like that knows its size
+
+
+def _load_npy(raw: bytes, name: str, label: str) -> np.ndarray:
+    """``np.load`` of ``.npy`` bytes, once the header is checked against the data it carries.
+
+    ``np.load`` allocates the array the header declares before reading it, so a few bytes
+    declaring a huge shape would allocate that much first.
+    """
+    fp = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fp)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy version {version} is not supported")
+    shape, _, dtype = readers[version](fp)
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > len(raw) - fp.tell():
+        raise RequestError(f"{label}: precomputed '{name}' declares {declared} bytes of data but carries {len(raw) - fp.tell()}")
+    return np.load(io.BytesIO(raw), allow_pickle=False)
+
+
 def _array(value: Any, name: str, label: str) -> np.ndarray:
     try:
         if isinstance(value, np.ndarray):
             return value
         if isinstance(value, dict) and isinstance(value.get("npy"), str):
-            return np.load(io.BytesIO(base64.b64decode(value["npy"], validate=True)), allow_pickle=False)
+            return _load_npy(base64.b64decode(value["npy"], validate=True), name, label)
         arr = np.asarray(value)
+    except MMError:
+        raise
     except (ValueError, TypeError, OSError, binascii.Error) as exc:
         raise RequestError(f"{label}: precomputed '{name}' is not a valid array ({type(exc).__name__})") from None
     if arr.dtype == object or arr.size == 0:

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli import UsageError, add_log_level, check_model_dir, open_output, open_requests
 from .config import RayMMConfig
-from .io import read_requests, write_record
+from .errors import MMError
+from .io import dedupe, write_record
 from .pool_config import LocalClusterSpec, PoolConfig, load_local_cluster_spec, load_pool_config
 
 DEFAULT_LOCAL_SPEC = "cluster_configs/local.yaml"
@@ -38,10 +40,14 @@ def add_run_parser(sub: Any) -> None:
     )
     run.add_argument("--demo-requests", type=int, default=48, help="size of the generated demo workload")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_log_level(run)
     run.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Exit status 0 when every request got a record (ok or not). What the user gave (configs, model
+    directory, request file, output path) is checked before any cluster starts: a mistake there is
+    a ``UsageError``/``ConfigError`` (one line, exit 2)."""
     core, pool_cfg = load_pool_config(args.config)
     spec = None
     if not args.address:
@@ -51,22 +57,45 @@ def cmd_run(args: argparse.Namespace) -> int:
             pool_cfg = spec.pool
     overrides = {k: v for k, v in (("cpu_workers", args.cpu_workers), ("gpu_workers", args.gpu_workers)) if v is not None}
     pool_cfg = pool_cfg.model_copy(update=overrides)
-    cluster = _connect(args.address, spec, pool_cfg)
+    _check_model(args.model, args.adapter)
+    # Read (and deduplicate) the whole file now: an unreadable file stops the run before the cluster starts.
+    lines = list(dedupe(open_requests(args.requests))) if args.requests else None
     try:
-        with tempfile.TemporaryDirectory(prefix="ray-mm-run-") as tmp, contextlib.ExitStack() as stack:
-            workloads = _workloads(args, core, Path(tmp), stack)
-            records = _run_workloads(workloads, pool_cfg, args)
-    finally:
-        if cluster is not None:
-            cluster.shutdown()
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write output file {args.out}: {exc.strerror or exc}") from exc
+    with open_output(args.out) as out:
+        cluster = _connect(args.address, spec, pool_cfg)
+        try:
+            with tempfile.TemporaryDirectory(prefix="ray-mm-run-") as tmp, contextlib.ExitStack() as stack:
+                workloads = _workloads(args, core, Path(tmp), stack, lines)
+                records = _run_workloads(workloads, pool_cfg, args, out)
+        finally:
+            if cluster is not None:
+                cluster.shutdown()
     return 0 if records else 1
+
+
+def _check_model(model: str | None, adapter: str | None) -> None:
+    """``--model`` must be a directory the adapter loads from; checked in the driver, where a failure
+    is one line, rather than in every actor's constructor."""
+    check_model_dir(model)
+    if model is None:
+        return
+    from .models import load_adapter
+
+    try:
+        load_adapter(model, adapter)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load a model from {model}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
 
 
 def _connect(address: str | None, spec: LocalClusterSpec | None, pool_cfg: PoolConfig) -> Any:
     if address:
         import ray
 
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        if not ray.is_initialized():  # in-process callers (tests, notebooks) may already be connected
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         return None
     from actors.local_cluster import start_local_cluster
 
@@ -80,13 +109,16 @@ def _connect(address: str | None, spec: LocalClusterSpec | None, pool_cfg: PoolC
     return start_local_cluster(spec)
 
 
-def _workloads(args: argparse.Namespace, core: RayMMConfig, tmp: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
+def _workloads(
+    args: argparse.Namespace, core: RayMMConfig, tmp: Path, stack: contextlib.ExitStack,
+    lines: list[tuple[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    """``lines``: the request file's ``(fallback_id, line)``, already through ``dedupe``; None: the demo."""
     from .models import load_adapter, make_model
 
-    if args.requests:
+    if lines is not None:
         model = args.model or str(make_model(tmp / "qwen2_vl", "qwen2_vl"))
-        return [{"name": "requests", "model": model, "adapter": args.adapter, "core": core,
-                 "lines": list(read_requests(args.requests))}]
+        return [{"name": "requests", "model": model, "adapter": args.adapter, "core": core, "lines": lines}]
     from .demo import audio_requests, serve_directory, vision_requests, write_media
 
     media = tmp / "media"
@@ -109,26 +141,43 @@ def _workloads(args: argparse.Namespace, core: RayMMConfig, tmp: Path, stack: co
     return out
 
 
-def _run_workloads(workloads: list[dict[str, Any]], pool_cfg: PoolConfig, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _run_workloads(
+    workloads: list[dict[str, Any]], pool_cfg: PoolConfig, args: argparse.Namespace, out: Any
+) -> list[dict[str, Any]]:
+    """Run each workload through a pool, writing (and flushing) each record to ``out`` as it comes,
+    so a run that dies part way keeps what it finished. A line that is already its error (not
+    JSON, a repeated ``request_id``) gets its record from the driver, as ``align`` writes it, and
+    is not submitted: one bad line never stops the batch."""
     from tqdm import tqdm
 
     from actors.pool import Pool
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    from .pipeline import RequestOutcome
+
     records: list[dict[str, Any]] = []
     stats: list[dict[str, Any]] = []
     total = sum(len(w["lines"]) for w in workloads)
     t0 = time.perf_counter()
-    with open(args.out, "w", encoding="utf-8") as out, tqdm(
-        total=total, desc="requests", unit="req", disable=args.no_progress, file=sys.stderr
-    ) as bar:
+
+    def emit(rec: dict[str, Any]) -> None:
+        write_record(out, rec)
+        records.append(rec)
+        bar.update(1)
+
+    with tqdm(total=total, desc="requests", unit="req", disable=args.no_progress, file=sys.stderr) as bar:
         for w in workloads:
             bar.set_postfix_str(w["name"])
+            submit = []
+            for fallback, line in w["lines"]:
+                if isinstance(line, MMError):
+                    emit(RequestOutcome.failure(fallback, line).record)
+                else:
+                    submit.append((fallback, line))
+            if not submit:
+                continue
             with Pool(w["model"], w["core"], pool_cfg, w["adapter"]) as pool:
-                for rec in pool.run(w["lines"]):
-                    write_record(out, rec)
-                    records.append(rec)
-                    bar.update(1)
+                for rec in pool.run(submit):
+                    emit(rec)
                 stats.append(pool.stats())
     wall = time.perf_counter() - t0
     print(format_summary(records, stats, wall), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Pool bookkeeping with no Ray calls: worker choice, admission, leases.
+"""Pool bookkeeping with no Ray calls: worker choice, leases, crash counts per item.
 
 The coordinator actor drives these; keeping them pure lets most of the
 pool's policy be tested without a cluster (as Ray Data does for its actor pool).
@@ -19,37 +19,104 @@ class WorkerSelector:
     A key's preferred worker is found by rendezvous hashing, so repeats of the
     same media land on the same worker (warm cache) while that worker is not
     busier than the least-loaded one by more than ``affinity_slack``.
+
+    ``load`` counts decode work: an item whose fetch is slow is *parked* (the
+    worker says so) and then counts against ``max_parked_per_worker`` instead, so
+    slow servers do not take a worker's decode slots. A worker can also be held
+    *exclusively* (nothing else sent to it) for an item suspected of crashing its
+    worker, so that a second death is blamed on that item alone.
     """
 
-    def __init__(self, n_workers: int, max_inflight_per_worker: int, affinity_slack: int = 1) -> None:
+    def __init__(self, n_workers: int, max_inflight_per_worker: int, affinity_slack: int = 1,
+                 max_parked_per_worker: int = 16) -> None:
         if n_workers < 1:
             raise ValueError("at least one worker is needed")
         self.capacity = max_inflight_per_worker
+        self.parked_capacity = max_parked_per_worker
         self.slack = affinity_slack
         self.load = [0] * n_workers
+        self.parked = [0] * n_workers
         self.assigned = [0] * n_workers
+        self.exclusive = [False] * n_workers
 
     def preferred(self, key: str) -> int:
         scores = [hashlib.blake2b(f"{key}|{w}".encode(), digest_size=8).digest() for w in range(len(self.load))]
         return max(range(len(self.load)), key=scores.__getitem__)
 
+    def _open(self, w: int) -> bool:
+        return not self.exclusive[w] and self.load[w] < self.capacity and self.parked[w] < self.parked_capacity
+
     def pick(self, key: str | None) -> int | None:
         """A worker with room, or None when every worker is at capacity."""
-        least = min(range(len(self.load)), key=lambda w: (self.load[w], self.assigned[w]))
-        if self.load[least] >= self.capacity:
+        open_ = [w for w in range(len(self.load)) if self._open(w)]
+        if not open_:
             return None
+        least = min(open_, key=lambda w: (self.load[w], self.assigned[w]))
         if key is not None:
             pref = self.preferred(key)
-            if self.load[pref] < self.capacity and self.load[pref] <= self.load[least] + self.slack:
+            if self._open(pref) and self.load[pref] <= self.load[least] + self.slack:
                 return pref
         return least
+
+    def reserve(self) -> int | None:
+        """Hold the least-loaded worker exclusively (nothing new is sent to it); None if all are held.
+        The holder waits until :meth:`idle`, then sends its one item, then calls
+        ``finished(..., exclusive=True)`` (or :meth:`unreserve` if it gives up)."""
+        free = [w for w in range(len(self.load)) if not self.exclusive[w]]
+        if not free:
+            return None
+        worker = min(free, key=lambda w: (self.load[w] + self.parked[w], self.assigned[w]))
+        self.exclusive[worker] = True
+        return worker
+
+    def idle(self, worker: int) -> bool:
+        return self.load[worker] == 0 and self.parked[worker] == 0
+
+    def unreserve(self, worker: int) -> None:
+        self.exclusive[worker] = False
 
     def started(self, worker: int) -> None:
         self.load[worker] += 1
         self.assigned[worker] += 1
 
-    def finished(self, worker: int) -> None:
-        self.load[worker] = max(0, self.load[worker] - 1)
+    def park(self, worker: int) -> None:
+        """One of ``worker``'s items is waiting on a slow fetch: it stops counting as decode work."""
+        if self.load[worker] > 0:
+            self.load[worker] -= 1
+            self.parked[worker] += 1
+
+    def finished(self, worker: int, was_parked: bool = False, exclusive: bool = False) -> None:
+        """One item done on ``worker`` (counted among the parked ones if it was parked)."""
+        if was_parked:
+            self.parked[worker] = max(0, self.parked[worker] - 1)
+        else:
+            self.load[worker] = max(0, self.load[worker] - 1)
+        if exclusive:
+            self.exclusive[worker] = False
+
+
+class CrashCounts:
+    """How many media workers died while holding each item, and which items must go alone.
+
+    The coordinator cannot see which item of a call killed its worker, so every item
+    of a call that died gets a count. From then on it is dispatched alone, to an idle
+    worker held exclusively, so a second death names it unambiguously. An item that
+    reaches ``limit`` deaths fails its request and is not dispatched again.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[int, int] = {}
+
+    def died(self, spec_index: int) -> int:
+        self.counts[spec_index] = self.counts.get(spec_index, 0) + 1
+        return self.counts[spec_index]
+
+    def suspect(self, spec_index: int) -> bool:
+        return spec_index in self.counts
+
+    def exhausted(self, spec_index: int) -> bool:
+        return self.counts.get(spec_index, 0) >= self.limit
 
 
 @dataclass
@@ -64,9 +131,11 @@ class Lease(Generic[T]):
 class LeaseTable(Generic[T]):
     """Requests pulled by GPU workers and not yet acknowledged.
 
-    Every grant gets a fresh ``token``. An ack or nack must name both the holder and
-    the token, so a late answer for a lease that was taken back (and maybe granted
-    again, even to a restarted worker of the same name) is ignored.
+    Every grant gets a fresh ``token``. An ack, nack or renewal must name both the
+    holder and the token, so a late answer for a lease that was taken back (and maybe
+    granted again, even to a restarted worker of the same name) is ignored. A holder
+    renews what it holds while it consumes, so only a holder that stopped renewing
+    (dead, hung, partitioned) loses its leases.
     """
 
     lease_s: float
@@ -79,12 +148,26 @@ class LeaseTable(Generic[T]):
         self.leases[request_id] = Lease(holder, now + self.lease_s, payload, token)
         return token
 
-    def ack(self, request_id: str, holder: str, token: int | None = None) -> Lease[T] | None:
-        """Release a lease; an ack from a holder whose lease was taken back is ignored."""
+    def _held(self, request_id: str, holder: str, token: int | None) -> Lease[T] | None:
         lease = self.leases.get(request_id)
-        if lease is None or lease.holder != holder or (token is not None and lease.token != token):
+        if lease is None or lease.holder != holder or token is None or lease.token != token:
+            return None
+        return lease
+
+    def ack(self, request_id: str, holder: str, token: int | None) -> Lease[T] | None:
+        """Release a lease; an ack without the lease's token, or from a holder whose lease was
+        taken back, is refused (None)."""
+        if self._held(request_id, holder, token) is None:
             return None
         return self.leases.pop(request_id)
+
+    def renew(self, request_id: str, holder: str, token: int | None, now: float) -> bool:
+        """Push the lease's deadline to ``now + lease_s``; False if it is not held under that token."""
+        lease = self._held(request_id, holder, token)
+        if lease is None:
+            return False
+        lease.deadline = now + self.lease_s
+        return True
 
     def expired(self, now: float) -> list[tuple[str, T]]:
         """Remove and return leases past their deadline, oldest first."""

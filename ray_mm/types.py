@@ -31,6 +31,64 @@ class MediaSpec:
 
 
 @dataclass
+class Expansion:
+    """What replaces one item's compact placeholder: text pieces around runs of the item's feature token.
+
+    The ids are ``texts[0] + [token] * runs[0] + texts[1] + ... + texts[-1]``; the runs are the
+    item's embedding positions (``len(texts) == len(runs) + 1``). Qwen2-VL's image is the
+    trivial case, one run and no text; MiniCPM-V's slices and Qwen3-VL's timestamps are text
+    between runs. ``strings`` are the text pieces as text (for splicing into a prompt when ids
+    alone would tokenize differently). ``open_start`` / ``open_end``: the first / last piece
+    begins / ends with plain text, so its tokenization can depend on the text next to it.
+    """
+
+    texts: list[list[int]]
+    runs: list[int]
+    token: int
+    strings: list[str] = field(default_factory=list)
+    open_start: bool = False
+    open_end: bool = False
+    lead: int = 0  # tokens of plain text before the first special token (they may merge with the prompt's text)
+    trail: int = 0  # likewise after the last one
+
+    def core(self) -> list[int]:
+        """The ids from the first to the last special token: what tokenizes the same whatever surrounds it."""
+        ids = self.ids()
+        return ids[self.lead : len(ids) - self.trail]
+
+    @classmethod
+    def single_run(cls, token: int, n: int) -> Expansion:
+        return cls([[], []], [n], token, ["", ""])
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.runs)
+
+    @property
+    def length(self) -> int:
+        return sum(self.runs) + sum(len(t) for t in self.texts)
+
+    def ids(self) -> list[int]:
+        out: list[int] = list(self.texts[0])
+        for n, text in zip(self.runs, self.texts[1:]):
+            out.extend([self.token] * n)
+            out.extend(text)
+        return out
+
+    def relative_runs(self) -> list[tuple[int, int]]:
+        """Inclusive ``(start, end)`` of each run, relative to the start of the expansion."""
+        out, pos = [], len(self.texts[0])
+        for n, text in zip(self.runs, self.texts[1:]):
+            out.append((pos, pos + n - 1))
+            pos += n + len(text)
+        return out
+
+    def text(self, token_text: str) -> str:
+        """The expansion as text (the processor's replacement string), given the feature token's text."""
+        return self.strings[0] + "".join(token_text * n + s for n, s in zip(self.runs, self.strings[1:]))
+
+
+@dataclass
 class ItemMeta:
     """Small metadata of one processed item: all the coordinator needs to align."""
 
@@ -41,6 +99,8 @@ class ItemMeta:
     hash: str
     feature_shape: list[int]
     feature_dtype: str
+    expansion: Expansion | None = None  # None: one run of num_tokens feature tokens (the trivial expansion)
+    extras: dict[str, Any] = field(default_factory=dict)  # small per-item facts for the record (second_per_grid_ts, ...)
     source_modality: Modality | None = None  # set when a video was expanded into image frames
     source_index: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -62,6 +122,7 @@ class ProcessedItem:
     meta: ItemMeta
     features: dict[str, np.ndarray]
     primary: str
+    base_expansion: Expansion | None = None  # as processed, before call-level extras (``ModelAdapter.item_expansion``)
 
     @property
     def feature(self) -> np.ndarray:
@@ -100,6 +161,7 @@ class AlignedItem:
             "hash": m.hash,
             "pad_value": m.pad_value,
         }
+        rec.update(m.extras)
         if m.source_modality is not None:
             rec["source"] = {"modality": m.source_modality, "index": m.source_index}
         return rec
@@ -137,3 +199,5 @@ class ItemFeatures:
     primary: str
     num_tokens: int
     grid_thw: list[int] | None = None
+    expansion: Expansion | None = None  # None: one run of num_tokens feature tokens
+    extras: dict[str, Any] = field(default_factory=dict)  # small facts for the record (second_per_grid_ts, ...)

@@ -317,6 +317,9 @@ def build_corpus(tmp_dir: str | Path, base_url: str) -> Corpus:
     bad("webp-corrupt", img("webp-corrupt", _data_uri(_corrupt(webp, 20, 10), "image/webp")), "MediaDecodeError", 400)
     bad("png-pixel-bomb-50000x50000", img("png-pixel-bomb-50000x50000", _data_uri(make_png_header(50000, 50000), "image/png")),
         "MediaLimitError", 413, mentions=("2500000000",))  # fmt: skip
+    bad("image-aspect-ratio-400", img("image-aspect-ratio-400", _data_uri(make_png(1, 400), "image/png")), "MediaUnsupportedError", 422,
+        mentions=("image 0 of request image-aspect-ratio-400", "aspect ratio"),
+        note="a valid image the model refuses (Qwen2-VL's limit is 200): was InternalError 500")  # fmt: skip
     good("gif-3000-frames-as-image", img("gif-3000-frames-as-image", "gif3000.gif"),
          note="an animated image given as an image yields its first frame only; frames are never all decoded")  # fmt: skip
     bad("text-as-image-file", img("text-as-image-file", "text.jpg"), "MediaDecodeError", 400, mentions=("not a recognised image",))
@@ -399,7 +402,8 @@ def build_corpus(tmp_dir: str | Path, base_url: str) -> Corpus:
         needs_net_shim=True, mentions=("redirects",), expect_hits=(("/loop/too-many-redirects/", MAX_REDIRECTS + 1),))  # fmt: skip
     bad("chunked-over-byte-cap", img("chunked-over-byte-cap", f"{standin}/chunked/{2 * MAX_DOWNLOAD_BYTES}"), "MediaLimitError", 413,
         needs_net_shim=True, note="no Content-Length: counted while streaming")  # fmt: skip
-    bad("fetch-timeout", img("fetch-timeout", f"{standin}/slow/fetch-timeout"), "RequestTimeoutError", 504, needs_net_shim=True)
+    bad("fetch-timeout", img("fetch-timeout", f"{standin}/slow/fetch-timeout"), "MediaFetchError", 504, needs_net_shim=True,
+        mentions=("fetch deadline",))  # fmt: skip
     bad("http-404", img("http-404", f"{standin}/m/no-such-file.jpg"), "MediaFetchError", 400, needs_net_shim=True)
     bad("http-empty-body", img("http-empty-body", f"{standin}/empty"), "MediaFetchError", 400, needs_net_shim=True)
     bad("unresolvable-host", img("unresolvable-host", "http://no-such-host.invalid/a.jpg"), "MediaFetchError", 400,

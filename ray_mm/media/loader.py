@@ -118,6 +118,19 @@ class MediaLoader:
         digest = hashlib.sha256(data).digest()
         return FetchedMedia(data, content_hash(digest, spec.options or {}), time.perf_counter() - t0)
 
+    async def fetch_async(self, spec: MediaSpec) -> FetchedMedia:
+        """``fetch`` on the event loop (http(s) concurrently, files in a thread); same hash and errors."""
+        self._check_spec(spec)
+        t0 = time.perf_counter()
+        try:
+            data = await self.connector.fetch_async(spec.source, spec.label)
+        except MMError:
+            raise
+        except Exception as exc:
+            raise MediaFetchError(f"{spec.label}: fetch failed ({type(exc).__name__})") from None
+        digest = hashlib.sha256(data).digest()
+        return FetchedMedia(data, content_hash(digest, spec.options or {}), time.perf_counter() - t0)
+
     def decode(self, spec: MediaSpec, fetched: FetchedMedia) -> DecodedMedia:
         return self._decode(spec, fetched.data, fetched.fetch_s, fetched.content_hash)
 

@@ -17,6 +17,7 @@ expansion) and register by name (:mod:`ray_mm.models.registry`).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ray_mm.types import ItemFeatures
+from ray_mm.types import Expansion, ItemFeatures
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -96,7 +97,8 @@ class ModelAdapter(ABC):
 
     Subclasses set ``name`` (done by :func:`~ray_mm.models.registry.register_adapter`),
     ``modalities`` (the placeholder modalities the model has) and may set
-    ``dynamic_frame_expansion`` / ``expand_video_as_frames``.
+    ``dynamic_frame_expansion`` / ``expand_video_as_frames`` /
+    ``frames_from_videos_in_prompt_order``.
     """
 
     name: ClassVar[str] = ""
@@ -107,6 +109,16 @@ class ModelAdapter(ABC):
     dynamic_frame_expansion: ClassVar[bool] = False
     #: True when a video input is processed as a sequence of image items (one per frame).
     expand_video_as_frames: ClassVar[bool] = False
+    #: With ``expand_video_as_frames``: True when the frames of an entry in the request's
+    #: ``videos`` list land on the right image placeholders. Alignment orders items per
+    #: modality (all images, then all videos), so a video's frames would follow every image,
+    #: whatever the prompt order; an adapter that does not place them itself leaves this False,
+    #: and such requests are refused (400): the video goes among ``images`` with ``"kind": "video"``.
+    frames_from_videos_in_prompt_order: ClassVar[bool] = False
+    #: True when ``process`` wants to know how a video's frames were sampled: the pipeline then
+    #: passes ``options["video_metadata"]`` (``fps``, ``total_num_frames``, ``frames_indices``,
+    #: ``duration`` of the source), the form HF video processors take.
+    takes_video_metadata: ClassVar[bool] = False
 
     def __init__(self, model_dir: str | Path) -> None:
         from transformers import AutoConfig, AutoProcessor
@@ -156,6 +168,73 @@ class ModelAdapter(ABC):
         return frozenset(self.placeholder_token_ids.values())
 
     @property
+    def feature_tokens(self) -> dict[str, str]:
+        """Per modality, the token whose runs carry an item's embeddings (default: the placeholder token)."""
+        return self.placeholder_tokens
+
+    @cached_property
+    def feature_token_ids(self) -> dict[str, int]:
+        return {m: int(self.tokenizer.convert_tokens_to_ids(t)) for m, t in self.feature_tokens.items()}
+
+    @cached_property
+    def special_token_ids(self) -> frozenset[int]:
+        """Ids of the tokenizer's added special tokens: text never merges across them."""
+        return frozenset(int(i) for i in self.tokenizer.all_special_ids) | frozenset(
+            int(i) for i, tok in self.tokenizer.added_tokens_decoder.items() if tok.special)
+
+    @cached_property
+    def _special_texts(self) -> tuple[str, ...]:
+        return tuple(self.tokenizer.convert_ids_to_tokens(sorted(self.special_token_ids)))
+
+    # ------------------------------------------------------------------ expansions
+
+    def expansion_from_text(self, modality: str, replacement: str) -> Expansion:
+        """The :class:`Expansion` of a processor's replacement text: split at runs of the feature
+        token, text pieces tokenized alone. A piece between two runs is bounded by special tokens,
+        so it tokenizes alone as it does in the whole text; the first and last pieces are marked
+        open where they meet the prompt with plain text (see ``ray_mm.align``)."""
+        token = self.feature_tokens[modality]
+        parts = re.split(f"((?:{re.escape(token)})+)", replacement)
+        strings, runs = parts[0::2], [len(run) // len(token) for run in parts[1::2]]
+        texts = [self._piece_ids(piece) for piece in strings]
+        special = self.special_token_ids
+        lead = next((k for k, t in enumerate(texts[0]) if t in special), len(texts[0]))
+        trail = next((k for k, t in enumerate(reversed(texts[-1])) if t in special), len(texts[-1]))
+        return Expansion(
+            texts=texts,
+            runs=runs,
+            token=self.feature_token_ids[modality],
+            strings=strings,
+            open_start=bool(strings[0]) and not strings[0].startswith(self._special_texts),
+            open_end=bool(strings[-1]) and not strings[-1].endswith(self._special_texts),
+            lead=lead,
+            trail=trail,
+        )
+
+    def _piece_ids(self, piece: str) -> list[int]:
+        if not piece:
+            return []
+        cache = self.__dict__.setdefault("_piece_cache", {})
+        ids = cache.get(piece)
+        if ids is None:
+            ids = list(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
+            if len(cache) < 4096:  # pieces repeat (timestamps, slice rows); the bound keeps odd inputs from growing it
+                cache[piece] = ids
+        return list(ids)
+
+    def item_expansion(self, modality: str, expansion: Expansion | None, index: int) -> Expansion | None:
+        """The expansion of an item that is number ``index`` among its modality's items in the request,
+        from the one ``process`` built. Default: unchanged. Adapters override it for call-level
+        extras that depend on the item's place (MiniCPM-V's ``<image_id>k</image_id>``); the item's
+        processed features never depend on it, so the content-hash cache stays valid."""
+        return expansion
+
+    def replacement_text(self, modality: str, processed: Mapping[str, Any], index: int = 0, **kwargs: Any) -> str:
+        """The processor's own replacement text for item ``index`` of ``processed`` (its sub-processor's
+        output), from transformers' shared API (``replace_image_token`` and friends)."""
+        return str(getattr(self.processor, f"replace_{modality}_token")(processed, index, **kwargs))
+
+    @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
 
@@ -183,7 +262,23 @@ class ModelAdapter(ABC):
         per-item processor kwargs (e.g. ``min_pixels`` / ``max_pixels``); unknown keys
         are ignored. Returns one :class:`ItemFeatures` per placeholder (several when a
         video expands into frames), with numpy arrays.
+
+        Input the model cannot take raises :class:`~ray_mm.errors.MediaUnsupportedError`
+        (see :meth:`check_input`) or ``ValueError`` (the HF processors' own refusals; a
+        ``TypeError`` raised inside a library counts too): the pipeline reports it as a 4xx
+        naming the item. Any other exception, and a ``TypeError`` raised in ray-mm's own
+        code, is taken for a fault of ray-mm (500).
         """
+
+    def check_input(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> None:
+        """Refuse, before any pixel work, media the model's processor would refuse.
+
+        Raises :class:`~ray_mm.errors.MediaUnsupportedError` with the reason (the caller adds
+        the item's label). ``process`` calls it first, so every path through the adapter (a
+        hand-tuned one, the HF processor) refuses the same input with the same error. The
+        default accepts everything; adapters override it with the limits they know.
+        """
+        return None
 
     def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
         """Turn transported features into what the model consumes (identity unless uint8 transport)."""

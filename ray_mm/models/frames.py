@@ -7,6 +7,11 @@ placeholder (``<|vision_start|><|image_pad|><|vision_end|>``). The number of
 placeholders a video takes is therefore known only after decoding, so the
 adapter declares ``dynamic_frame_expansion`` and alignment takes the legacy scan.
 
+Videos go among the images (``{"url": ..., "kind": "video"}`` in ``images``), so their
+frames keep their place in prompt order. An entry in ``videos`` would be aligned after
+every image whatever the prompt says, so the adapter leaves
+``frames_from_videos_in_prompt_order`` False and the pipeline refuses such requests (400).
+
 HF parity for this adapter means: the HF ``Qwen2VLProcessor`` called with
 ``images=[frame_0, ..., frame_{K-1}]`` (the K frames as separate images, plus any
 other images of the request in prompt order) and a prompt holding one image
@@ -45,5 +50,6 @@ class Qwen2VLFramesAdapter(Qwen2VLAdapter):
             frames = np.asarray(data)
             if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
                 raise ValueError(f"video frames must be a non-empty (T, H, W, 3) array, got {tuple(frames.shape)}")
+            self.check_input("video", frames, options)  # once for the whole video, before any frame is processed
             return [self.process_image(frame, options) for frame in frames]
         raise ValueError(f"{self.name} does not take {modality!r} items (accepts image, and video as frames)")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ray_mm.errors import MediaUnsupportedError
 from ray_mm.models.base import ModelAdapter, as_numpy_features
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, PixelResult, QwenPixelPath
 from ray_mm.models.registry import register_adapter
@@ -30,6 +31,30 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Per-item options forwarded to the image / video processor (other keys belong to the media layer).
 _PIXEL_OPTIONS = ("min_pixels", "max_pixels")
+
+#: The processors' ``smart_resize`` raises ``ValueError`` for an image or frame whose long side
+#: is more than this many times its short side (``max(h, w) / min(h, w) > 200``).
+MAX_ASPECT_RATIO = 200
+
+
+def _pixel_dims(modality: str, data: Any) -> tuple[int, int] | None:
+    """``(height, width)`` of an image or of a video's frames as the HF processor will read them;
+    None where it is not known up front (the processor then has the last word).
+
+    A PIL image is unambiguous. For arrays the processor infers the channel axis
+    (``infer_channel_dimension_format``): it reads channels last only when the leading
+    spatial axis is not itself a plausible channel count (1 or 3), so only that case is sized here.
+    """
+    from PIL import Image
+
+    if isinstance(data, Image.Image):
+        return int(data.height), int(data.width)
+    if not isinstance(data, np.ndarray) or data.ndim != (3 if modality == "image" else 4):
+        return None
+    height, width, channels = (int(x) for x in data.shape[-3:])
+    if channels not in (1, 3) or height in (1, 3):
+        return None
+    return height, width
 
 
 def _size_from_options(default_size: Any, options: Mapping[str, Any] | None) -> dict[str, int] | None:
@@ -116,6 +141,25 @@ class Qwen2VLAdapter(ModelAdapter):
             return [self.process_video(data, options)]
         raise ValueError(f"{self.name} does not take {modality!r} items (modalities: {sorted(self.modalities)})")
 
+    def check_input(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> None:
+        """Refuse an image / video whose aspect ratio is over :data:`MAX_ASPECT_RATIO`, as ``smart_resize`` would.
+
+        Checked here, before either pixel path runs, so the hand path and the HF processor
+        refuse it with the same :class:`~ray_mm.errors.MediaUnsupportedError`. Sizes under a
+        patch need no check: ``smart_resize`` scales them up to ``min_pixels``, as the processor does.
+        """
+        dims = _pixel_dims(modality, data) if modality in ("image", "video") else None
+        if dims is None or min(dims) <= 0:
+            return
+        height, width = dims
+        ratio = max(height, width) / min(height, width)
+        if ratio > MAX_ASPECT_RATIO:
+            what = "video frames" if modality == "video" else "image"
+            raise MediaUnsupportedError(
+                f"{what} of {width}x{height} pixels has an aspect ratio of {ratio:.1f}, over the limit of "
+                f"{MAX_ASPECT_RATIO} that {self.name} takes"
+            )
+
     def process_hf(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> list[ItemFeatures]:
         """``process`` through the HF processor only, whatever ``use_hand_path`` says (this call, this thread)."""
         before = getattr(self._hf_only, "on", False)
@@ -179,6 +223,7 @@ class Qwen2VLAdapter(ModelAdapter):
         )
 
     def process_image(self, image: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
+        self.check_input("image", image, options)
         hand = self._hand_pixels("image", image, options)
         if hand is not None:
             return self._item_from_pixels("image", hand)
@@ -188,6 +233,7 @@ class Qwen2VLAdapter(ModelAdapter):
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"video frames must be a (T, H, W, 3) array, got shape {tuple(frames.shape)}")
+        self.check_input("video", frames, options)
         hand = self._hand_pixels("video", frames, options)
         if hand is not None:
             return self._item_from_pixels("video", hand)
@@ -217,9 +263,15 @@ class Qwen2VLAdapter(ModelAdapter):
         )
 
     def image_target_size(self, width: int, height: int, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
-        """The (width, height) the processor resizes an image of this size to (for draft JPEG decode)."""
+        """The (width, height) the processor resizes an image of this size to (for draft JPEG decode).
+
+        An image the processor refuses (aspect ratio over :data:`MAX_ASPECT_RATIO`) keeps its own
+        size: no draft, and :meth:`check_input` refuses it after decoding with the item's label (422).
+        """
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
+        if min(width, height) <= 0 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+            return int(width), int(height)
         ip = self.processor.image_processor
         size = _size_from_options(ip.size, options) or _size_dict(ip.size)
         h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from collections.abc import Callable
@@ -50,6 +51,13 @@ def unregister_adapter(name: str) -> None:
 
 
 def get_adapter_class(name: str) -> type[ModelAdapter]:
+    """The adapter registered as ``name``. ``"package.module:name"`` imports the module first, so an
+    adapter defined outside ``ray_mm`` (a plugin, a test fake) registers itself in every process
+    that loads it: Ray workers only import what the name tells them to."""
+    module, colon, short = name.rpartition(":")
+    if colon:
+        importlib.import_module(module)
+        name = short
     try:
         return _ADAPTERS[name]
     except KeyError:

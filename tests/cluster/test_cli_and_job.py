@@ -95,7 +95,9 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_f
          "--num-cpus=2", '--resources={"mm_cpu": 2, "mm_gpu": 1}', "--include-dashboard=true",
          f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
          "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        env=_env() | auth, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # Features must never be returned inline through the coordinator (see actors/pool.py), as on cluster_configs/.
+        env=_env() | auth | {"RAY_max_direct_call_object_size": "4096"},
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     out = tmp_path / "job-out.jsonl"
     env = _env() | auth

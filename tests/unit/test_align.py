@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ray_mm.align import align, find_runs
+from ray_mm.align import SpliceRequired, align, align_by_text, find_runs
 from ray_mm.errors import AlignmentError
-from ray_mm.types import ItemMeta
+from ray_mm.types import Expansion, ItemMeta
 
 IMG, VID, AUD = 900, 901, 902
 PH = {"image": IMG, "video": VID, "audio": AUD}
@@ -111,3 +111,106 @@ def test_pad_value_formula() -> None:
     assert m.pad_value == 1_000_005
     big = ItemMeta("image", 0, 1, None, "f" * 64, [1], "float32")
     assert big.pad_value == 1_000_000 + (16**64 - 1) % 2**30
+
+
+# --------------------------------------------------------------------------- structured expansions
+# A MiniCPM-V-like image: <image_id>0</image_id><image> n*IMG </image> then slices joined by "\n".
+ID_S, ID_E, IM_S, IM_E, SL_S, SL_E, NL, ZERO = 910, 911, 912, 913, 914, 915, 10, 48
+VS, VE = 920, 921
+SPECIAL = frozenset({IMG, VID, AUD, ID_S, ID_E, IM_S, IM_E, SL_S, SL_E, VS, VE})
+
+
+def sliced(index: int, n_main: int, rows: list[list[int]]) -> ItemMeta:
+    texts = [[ID_S, ZERO + index, ID_E, IM_S], [IM_E]]
+    runs = [n_main]
+    for r, row in enumerate(rows):
+        for c, n in enumerate(row):
+            texts[-1] = texts[-1] + ([NL] if r and not c else []) + [SL_S]
+            runs.append(n)
+            texts.append([SL_E])
+    exp = Expansion(texts=texts, runs=runs, token=IMG)
+    m = meta("image", index, exp.num_tokens)
+    m.expansion = exp
+    return m
+
+
+def timed_video(index: int, groups: list[tuple[list[int], int]]) -> ItemMeta:
+    """A Qwen3-VL-like video: per group, timestamp text ids, VS, n*VID, VE."""
+    texts: list[list[int]] = [groups[0][0] + [VS]]
+    runs = []
+    for k, (_, n) in enumerate(groups):
+        runs.append(n)
+        texts.append([VE] + (groups[k + 1][0] + [VS] if k + 1 < len(groups) else []))
+    exp = Expansion(texts=texts, runs=runs, token=VID, open_start=True)
+    m = meta("video", index, exp.num_tokens)
+    m.expansion = exp
+    return m
+
+
+def test_structured_fast_path_offsets_cover_exactly_the_runs() -> None:
+    img = sliced(0, 3, [[2, 2], [2, 2]])
+    vid = timed_video(0, [([60, 61], 4), ([62, 63], 4)])
+    ids = [1, VS, VID, VE, 2, IMG, 3]
+    out = align(ids, PH, {"image": [img], "video": [vid]}, special_ids=SPECIAL)
+    assert out.path == "fast"
+    expected = [1, VS] + vid.expansion.ids() + [VE, 2] + img.expansion.ids() + [3]
+    assert out.input_ids == expected
+    for item in out.items:
+        token = IMG if item.meta.modality == "image" else VID
+        covered = [p for s, e in item.offsets for p in range(s, e + 1)]
+        assert covered == [p for p, t in enumerate(expected) if t == token]  # exactly its feature positions
+        assert sum(e - s + 1 for s, e in item.offsets) == item.meta.num_tokens
+    assert len(out.items[1].offsets) == 5  # the image: main run and four slices
+
+
+def test_legacy_keeps_full_structured_expansions_and_expands_compact_ones() -> None:
+    a, b = sliced(0, 3, [[2, 2]]), sliced(1, 2, [])
+    full = [5] + a.expansion.ids() + [6, IMG, 7]
+    out = align(full, PH, {"image": [a, b]}, skip_tokenizer_init=True)
+    assert out.path == "legacy"
+    assert out.input_ids == [5] + a.expansion.ids() + [6] + b.expansion.ids() + [7]
+    assert out.items[0].offsets[0][0] == 1 + 4  # after the id prefix and <image>
+    both = align(out.input_ids, PH, {"image": [a, b]}, skip_tokenizer_init=True)
+    assert both.input_ids == out.input_ids  # fully expanded ids come out unchanged
+    assert [i.offsets for i in both.items] == [i.offsets for i in out.items]
+
+
+@pytest.mark.parametrize("corrupt", ["slice_marker", "short_run", "timestamp"])
+def test_corrupted_structured_expansion_is_400_saying_what_was_expected(corrupt: str) -> None:
+    img = sliced(0, 3, [[2, 2]])
+    vid = timed_video(0, [([60, 61], 4), ([62, 63], 4)])
+    ids = img.expansion.ids() + [1] + vid.expansion.ids()
+    if corrupt == "slice_marker":
+        ids[ids.index(SL_E)] = SL_S
+    elif corrupt == "short_run":
+        ids.remove(IMG)
+    else:
+        ids[ids.index(62)] = 64
+    with pytest.raises(AlignmentError) as err:
+        align(ids, PH, {"image": [img], "video": [vid]}, request_id="rc", skip_tokenizer_init=True)
+    msg = str(err.value)
+    assert err.value.status == 400 and "rc" in msg and "expected" in msg and "position" in msg
+    assert ("video 0" if corrupt == "timestamp" else "image 0") in msg
+
+
+def test_open_expansion_next_to_plain_text_needs_a_text_splice() -> None:
+    vid = timed_video(0, [([60, 61], 4)])
+    with pytest.raises(SpliceRequired):
+        align([1, 2, VID, VE], PH, {"video": [vid]}, special_ids=SPECIAL)
+    out = align([1, VS, VID, VE], PH, {"video": [vid]}, special_ids=SPECIAL)  # a special token before it: safe
+    assert out.path == "fast"
+
+
+def test_align_by_text_splices_text_and_reads_offsets_back() -> None:
+    vid = timed_video(0, [([60, 61], 2), ([62, 63], 3)])
+    vid.expansion.strings = ["<t0><vs>", "<ve><t1><vs>", "<ve>"]
+    vocab = {"<vid>": VID, "<vs>": VS, "<ve>": VE, "<t0>": 60, "<t1>": 62, "a": 1}
+
+    def tokenize(text: str) -> list[int]:
+        import re
+
+        return [vocab[t] for t in re.findall(r"<[a-z0-9]+>|a", text)]
+
+    out = align_by_text("a<vid>a", {"video": "<vid>"}, {"video": VID}, {"video": "<vid>"}, {"video": [vid]}, tokenize)
+    assert out.input_ids == [1, 60, VS, VID, VID, VE, 62, VS, VID, VID, VID, VE, 1]
+    assert out.items[0].offsets == [(3, 4), (8, 10)]

@@ -120,3 +120,23 @@ def test_cache_keeps_its_own_copy_of_arena_outputs(qwen2_vl_dir: Path, tmp_path:
         hit = pre.process_item(spec("a.jpg"))[0]
     assert hit.meta.timings.get("cache_hit") == 1.0
     np.testing.assert_array_equal(hit.features["pixel_values"], first)
+
+
+def test_arena_pool_reuses_an_arena_only_once_its_outputs_are_garbage() -> None:
+    import gc
+    import pickle
+
+    from ray_mm.buffers import ArenaPool
+
+    pool = ArenaPool()
+    first = pool.acquire()
+    out = pool.outputs(first)
+    out.append({"x": first.take((4,), torch.float32).numpy()})
+    second = pool.acquire()  # the first call's outputs are alive: a new arena
+    assert second is not first and pool.created == 2
+    restored = pickle.loads(pickle.dumps(out))
+    assert type(restored) is list and restored[0]["x"].shape == (4,)  # readers never see CallOutputs
+    del out
+    gc.collect()
+    assert pool.acquire() is first  # released when its outputs went away
+    assert pool.created == 2

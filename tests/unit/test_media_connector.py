@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio
 import pytest
 
 from ray_mm.config import MediaPolicy
-from ray_mm.errors import MediaFetchError, MediaLimitError, MediaPolicyError, RequestTimeoutError
+from ray_mm.errors import MediaFetchError, MediaLimitError, MediaPolicyError
 from ray_mm.media import connector as conn_mod
 from ray_mm.media.connector import MediaConnector
 from tests.unit.media_factory import make_jpeg, make_png
@@ -204,9 +204,10 @@ def test_chunked_body_over_cap_is_413(server: str, use_async: bool) -> None:
 @pytest.mark.parametrize("use_async", [False, True])
 def test_timeout_is_504(server: str, use_async: bool) -> None:
     c = MediaConnector(MediaPolicy(allow_private_addresses=True, fetch_timeout_s=0.3))
-    with pytest.raises(RequestTimeoutError) as ei:
+    with pytest.raises(MediaFetchError) as ei:
         asyncio.run(c.fetch_async(f"{server}/slow", L)) if use_async else c.fetch(f"{server}/slow", L)
     assert ei.value.status == 504
+    assert L in ei.value.message and "0.3 s fetch deadline" in ei.value.message
 
 
 def test_redirect_followed_and_capped(server: str) -> None:
@@ -237,14 +238,15 @@ def test_redirect_hop_rechecked_metadata_ip_never_contacted(
         return {"media.example": ["127.0.0.1"], "metadata.example": ["169.254.169.254"]}[host]
 
     connects: list[object] = []
-    real_create = socket.create_connection
+    real_connect = anyio.connect_tcp
 
-    def spy_create(address, *a, **kw):  # type: ignore[no-untyped-def]
-        connects.append(address[0])
-        return real_create(address, *a, **kw)
+    # Every http(s) fetch (sync too) goes through httpx's async transport, which connects with anyio.
+    async def spy_connect(remote_host, *a, **kw):  # type: ignore[no-untyped-def]
+        connects.append(str(remote_host))
+        return await real_connect(remote_host, *a, **kw)
 
     monkeypatch.setattr(conn_mod, "resolve_host", fake_resolve)
-    monkeypatch.setattr(socket, "create_connection", spy_create)
+    monkeypatch.setattr(anyio, "connect_tcp", spy_connect)
     # Only loopback is let through (for the local server); link-local stays refused.
     monkeypatch.setattr(
         conn_mod.pol, "check_address",
@@ -256,7 +258,7 @@ def test_redirect_hop_rechecked_metadata_ip_never_contacted(
         asyncio.run(c.fetch_async(url, L)) if use_async else c.fetch(url, L)
     assert "169.254.169.254" in ei.value.message and ei.value.status == 403
     assert resolved == ["media.example", "metadata.example"]
-    assert "169.254.169.254" not in connects
+    assert connects == ["127.0.0.1"]  # the first hop only: the metadata address is never contacted
     assert _Handler.seen == ["/redirect/1?to=http://metadata.example/latest/meta-data/"]
 
 

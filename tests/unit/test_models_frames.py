@@ -6,6 +6,7 @@ prompt holding one image placeholder per frame.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,64 @@ def test_encode_accepts_numpy_features(adapter: Qwen2VLFramesAdapter) -> None:
     (item,) = adapter.process("video", _frames(1, 40, 40, seed=5))
     emb = adapter.encode(encoder, item.features)  # type: ignore[arg-type]  # numpy straight from the object store
     assert emb.shape[0] == item.num_tokens
+
+
+# --------------------------------------------------------------------------- videos in 'videos' (not among the images)
+
+
+def _videos_list_line(adapter: Qwen2VLFramesAdapter, k: int) -> tuple[dict, list]:
+    """An image, a video's K frames, another image, in prompt order; the video given in 'videos'."""
+    ph = adapter.placeholder_texts["image"]
+    a, b = Image.fromarray(_frames(1, 200, 120, seed=6)[0]), Image.fromarray(_frames(1, 40, 300, seed=7)[0])
+    frames = _frames(k, 64, 96, seed=8)
+    line = {"request_id": "vl", "prompt": f"A {ph} clip {ph * k} B {ph}", "images": [a, b], "videos": [frames]}
+    return line, [a, *frames, b]
+
+
+def test_video_in_videos_list_is_refused_before_dispatch(qwen2_vl_dir: Path, adapter: Qwen2VLFramesAdapter) -> None:
+    """Alignment orders items per modality: the frames of a 'videos' entry would come after every image,
+    so before this refusal image B's features silently filled the video's first frame placeholder."""
+    from ray_mm.errors import RequestError
+    from ray_mm.pipeline import Preprocessor
+
+    pre = Preprocessor(qwen2_vl_dir, adapter="qwen2_vl_frames")
+    dispatched: list[str] = []
+    process = pre.process_item
+    pre.process_item = lambda spec: (dispatched.append(spec.label), process(spec))[1]  # type: ignore[method-assign]
+    line, _ = _videos_list_line(adapter, 3)
+    expected = "adapter qwen2_vl_frames takes videos as entries of 'images' with \"kind\": \"video\"; got 1 entry in 'videos'"
+    with pytest.raises(RequestError, match=re.escape(expected)):
+        pre.prepare(line)
+    rec = pre.run(line).record
+    assert rec["ok"] is False and rec["error"] == {"type": "RequestError", "status": 400, "message": f"request vl: {expected}"}
+    assert dispatched == []
+    # The same video among the images, where this adapter takes it, maps frames in prompt order (as HF does).
+    moved = line | {"images": [line["images"][0], {"url": line["videos"][0], "kind": "video"}, line["images"][1]], "videos": []}
+    ok = pre.run(moved)
+    assert ok.ok, ok.record
+    _, in_order = _videos_list_line(adapter, 3)
+    ref = adapter.processor(text=[line["prompt"]], images=in_order, return_tensors="np")
+    assert [it["grid_thw"] for it in ok.record["items"]] == ref["image_grid_thw"].tolist()
+    assert ok.record["input_ids"] == ref["input_ids"][0].tolist()
+
+
+def test_video_part_in_messages_is_refused_too(qwen2_vl_dir: Path) -> None:
+    from ray_mm.pipeline import Preprocessor
+
+    pre = Preprocessor(qwen2_vl_dir, adapter="qwen2_vl_frames")
+    parts = [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}, {"type": "text", "text": "what?"}]
+    rec = pre.run({"request_id": "chat", "messages": [{"role": "user", "content": parts}]}).record
+    assert rec["error"]["type"] == "RequestError" and rec["error"]["status"] == 400, rec
+    assert rec["error"]["message"].endswith("got 1 video part in 'messages'")
+
+
+def test_adapter_placing_videos_itself_is_not_refused(qwen2_vl_dir: Path) -> None:
+    from ray_mm.pipeline import Preprocessor
+
+    class PlacingFrames(Qwen2VLFramesAdapter):
+        frames_from_videos_in_prompt_order = True
+
+    pre = Preprocessor(qwen2_vl_dir, adapter="qwen2_vl_frames")
+    pre.adapter = PlacingFrames(qwen2_vl_dir)
+    line, _ = _videos_list_line(pre.adapter, 2)
+    assert len(pre.prepare(line).request.media["video"]) == 1

@@ -7,9 +7,11 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from transformers import AutoProcessor
 
 from ray_mm.config import MediaPolicy, RayMMConfig
+from ray_mm.errors import MediaLimitError
 from ray_mm.pipeline import Preprocessor
 from ray_mm.synth import make_image
 
@@ -54,3 +56,64 @@ def test_precomputed_embedding_and_bad_payloads(qwen2_vl_dir: Path) -> None:
     bad_b64 = {"format": "precomputed_embedding", "embedding": {"npy": "!!notbase64"}}
     rec = pre.run({"request_id": "b", "prompt": IMG, "images": [bad_b64]}).record
     assert rec["error"]["status"] == 400 and "image 0 of request b" in rec["error"]["message"]
+
+
+# --------------------------------------------------------------------------- byte cap at admission
+
+
+def _watch_processing(pre: Preprocessor, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every item that reaches processing (the pipeline's own step and the precomputed reader)."""
+    import ray_mm.pipeline as pipeline
+
+    seen: list[str] = []
+    process, read = pre.process_item, pipeline.precomputed_features
+    monkeypatch.setattr(pre, "process_item", lambda spec: (seen.append(spec.label), process(spec))[1])
+    monkeypatch.setattr(pipeline, "precomputed_features", lambda spec, merge: (seen.append(f"read {spec.label}"), read(spec, merge))[1])
+    return seen
+
+
+def test_precomputed_byte_cap_default() -> None:
+    assert MediaPolicy().max_precomputed_bytes == 256 << 20
+    assert "precomputed" in MediaPolicy.model_fields["max_precomputed_bytes"].description
+
+
+@pytest.mark.parametrize("form", ["ndarray", "list", "npy"])
+def test_precomputed_over_the_byte_cap_is_413_before_any_item_is_processed(
+    qwen2_vl_dir: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    pre = Preprocessor(qwen2_vl_dir, RayMMConfig(media=MediaPolicy(max_precomputed_bytes=10_000)))
+    seen = _watch_processing(pre, monkeypatch)
+    small = np.ones((16, 64), np.float32)  # 4096 bytes (8192 as float64 lists): under the cap
+    big = np.ones((50, 64), np.float32)  # 12800 bytes (and 25600 as float64 lists): over
+    encode = {"ndarray": lambda a: a, "list": lambda a: a.tolist(), "npy": _npy}[form]
+    line = {"request_id": "big", "prompt": IMG * 2, "images": [{"format": "precomputed_embedding", "embedding": encode(small)},
+                                                                {"format": "precomputed_embedding", "embedding": encode(big)}]}
+    with pytest.raises(MediaLimitError, match=r"image 1 of request big: precomputed arrays of about \d+ bytes, over the cap of 10000"):
+        pre.prepare(line)
+    rec = pre.run(line).record
+    assert rec["ok"] is False and rec["error"]["type"] == "MediaLimitError" and rec["error"]["status"] == 413, rec
+    assert "image 1 of request big" in rec["error"]["message"]
+    assert seen == [], "an item was processed before the request was refused"
+    under = pre.run(line | {"prompt": IMG, "images": [line["images"][0]]})  # the small one alone is taken
+    assert under.ok, under.record
+    assert seen == ["image 0 of request big", "read image 0 of request big"]
+
+
+def test_precomputed_list_is_sized_without_converting_it(qwen2_vl_dir: Path) -> None:
+    """10**8 elements (800 MB as float64) built from one shared row: refused at once, with no copy made."""
+    row = [0.0] * 1000
+    payload = {"format": "processor_output", "pixel_values": [row] * 100_000, "image_grid_thw": [[1, 2, 2]]}
+    pre = Preprocessor(qwen2_vl_dir, RayMMConfig(media=MediaPolicy(max_precomputed_bytes=1 << 20)))
+    rec = pre.run({"request_id": "huge", "prompt": IMG, "images": [payload]}).record
+    assert rec["error"]["status"] == 413 and "800000024 bytes" in rec["error"]["message"], rec
+
+
+def test_npy_declaring_more_data_than_it_carries_is_400(qwen2_vl_dir: Path) -> None:
+    """np.load allocates what the header declares before reading: a 4 TB shape in 128 bytes must not get there."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32)) | {"shape": (10**12,)}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    payload = {"format": "precomputed_embedding", "embedding": {"npy": base64.b64encode(buf.getvalue() + b"\0" * 16).decode()}}
+    rec = Preprocessor(qwen2_vl_dir).run({"request_id": "hdr", "prompt": IMG, "images": [payload]}).record
+    assert rec["error"]["type"] == "RequestError" and rec["error"]["status"] == 400, rec
+    assert "image 0 of request hdr" in rec["error"]["message"] and "declares" in rec["error"]["message"]

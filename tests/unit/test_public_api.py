@@ -9,8 +9,8 @@ import ray_mm
 
 EXPECTED = {
     "AlignmentError", "Alignment", "AudioSampling", "InternalError", "ItemMeta", "MMError", "MediaDecodeError",
-    "MediaFetchError", "MediaLimitError", "MediaPolicy", "MediaPolicyError", "MediaSpec", "ModelAdapter",
-    "ParsedRequest", "Pool", "PoolConfig", "PoolSaturatedError", "Preprocessor", "ProcessedItem", "RayMMConfig",
+    "MediaFetchError", "MediaLimitError", "MediaPolicy", "MediaPolicyError", "MediaSpec", "MediaUnsupportedError",
+    "ModelAdapter", "ParsedRequest", "Pool", "PoolConfig", "PoolSaturatedError", "Preprocessor", "ProcessedItem", "RayMMConfig",
     "RequestError", "RequestTimeoutError", "VideoSampling", "align", "load_adapter", "load_config",
     "load_pool_config", "make_model", "register_adapter", "start_local_cluster",
 }
@@ -25,8 +25,8 @@ def test_all_is_pinned_and_resolves() -> None:
 
 def test_error_hierarchy_and_statuses() -> None:
     statuses = {"RequestError": 400, "MediaFetchError": 400, "MediaDecodeError": 400, "MediaPolicyError": 403,
-                "MediaLimitError": 413, "AlignmentError": 400, "PoolSaturatedError": 503, "RequestTimeoutError": 504,
-                "InternalError": 500}
+                "MediaLimitError": 413, "MediaUnsupportedError": 422, "AlignmentError": 400, "PoolSaturatedError": 503,
+                "RequestTimeoutError": 504, "InternalError": 500}
     for name, status in statuses.items():
         cls = getattr(ray_mm, name)
         assert issubclass(cls, ray_mm.MMError) and issubclass(cls, ValueError)

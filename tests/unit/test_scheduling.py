@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ray_mm.pool_config import PoolConfig
-from ray_mm.scheduling import LeaseTable, WorkerSelector, content_key
+from ray_mm.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
 
 # --------------------------------------------------------------------------- WorkerSelector
 
@@ -117,3 +117,53 @@ def test_feature_request_limit_default_and_override() -> None:
     cfg = PoolConfig(cpu_workers=2, gpu_workers=1, ready_queue_size=16, pull_batch_size=4, max_inflight_per_worker=4)
     assert cfg.feature_request_limit() == 16 + 4 + 8
     assert PoolConfig(max_feature_requests=5).feature_request_limit() == 5
+
+
+def test_parked_items_stop_counting_as_decode_work() -> None:
+    sel = WorkerSelector(1, max_inflight_per_worker=2, max_parked_per_worker=2)
+    sel.started(0)
+    sel.started(0)
+    assert sel.pick(None) is None  # two items of decode work: full
+    sel.park(0)  # one of them waits on a slow fetch
+    assert sel.pick(None) == 0 and sel.load == [1] and sel.parked == [1]
+    sel.started(0)
+    sel.park(0)
+    assert sel.parked == [2] and sel.load == [1]
+    assert sel.pick(None) is None  # decode slots free, but the worker's fetch slots are full
+    sel.finished(0, was_parked=True)
+    assert sel.parked == [1] and sel.pick(None) == 0
+
+
+def test_reserved_worker_gets_nothing_new_until_released() -> None:
+    sel = WorkerSelector(2, max_inflight_per_worker=4)
+    sel.started(0)
+    reserved = sel.reserve()
+    assert reserved == 1  # the least loaded one
+    assert not sel.idle(0) and sel.idle(1)
+    assert all(sel.pick(None) == 0 for _ in range(3))  # worker 1 is held
+    sel.started(1)  # the suspect item goes alone
+    assert sel.reserve() == 0 and sel.reserve() is None
+    sel.unreserve(0)
+    sel.finished(1, exclusive=True)
+    assert not sel.exclusive[1] and sel.load[1] == 0
+
+
+def test_crash_counts_limit() -> None:
+    counts = CrashCounts(limit=2)
+    assert not counts.suspect(3)
+    assert counts.died(3) == 1 and counts.suspect(3) and not counts.exhausted(3)
+    assert counts.died(3) == 2 and counts.exhausted(3)
+    assert not counts.suspect(4)
+
+
+def test_lease_renewal_keeps_a_slow_holder_and_ack_needs_the_token() -> None:
+    table: LeaseTable[str] = LeaseTable(lease_s=1.0)
+    token = table.grant("r", "gpu0", "payload", now=0.0)
+    assert table.renew("r", "gpu0", token, now=0.9)
+    assert table.expired(1.5) == []  # renewed at 0.9: good until 1.9
+    assert not table.renew("r", "gpu1", token, now=1.0)  # not the holder
+    assert not table.renew("r", "gpu0", token + 1, now=1.0)  # not this lease
+    assert table.expired(2.0) == [("r", "payload")]  # not renewed again: gone
+    token = table.grant("r", "gpu0", "payload", now=3.0)
+    assert table.ack("r", "gpu0", None) is None  # an ack without a lease token is refused
+    assert table.ack("r", "gpu0", token) is not None
