@@ -815,6 +815,9 @@ def compute_targets(result: dict[str, Any]) -> dict[str, Any]:
             45.0, img.get("ray_mm_uint8_draft", 0.0), unit="images/s/core (uint8 transport + opt-in draft JPEG decode)"),
         "video_clips_per_core": _target(8.0, micro["video_clips_per_core_per_s"], unit="clips/s/core"),
         "align_fast_vs_legacy": _target(5.0, micro["align_fast_vs_legacy_32k"], unit="x"),
+        **({"align_fast_vs_legacy_structured": _target(
+            5.0, micro["align_fast_vs_legacy_32k_structured"], unit="x (Qwen3-VL timestamped videos, MiniCPM-V sliced images)")}
+           if "align_fast_vs_legacy_32k_structured" in micro else {}),
         **({"pool_uint8_vs_sglang_throughput": _target(
             1.8, p["pool_uint8"]["requests_per_s"] / sg["requests_per_s"], unit="x req/s (opt-in uint8 transport)")}
            if p.get("pool_uint8", {}).get("requests_per_s") else {}),
@@ -829,11 +832,17 @@ def compute_targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_micro(model_dir: Path, quick: bool) -> dict[str, Any]:
-    from .microbench import align_fast_vs_legacy, image_per_core, video_sampling
+    from .microbench import (
+        align_fast_vs_legacy,
+        align_fast_vs_legacy_structured,
+        image_per_core,
+        video_sampling,
+    )
 
     img = image_per_core(model_dir, n=4 if quick else 20)
     vid = video_sampling(n=2 if quick else 8, model_dir=model_dir)
     align = align_fast_vs_legacy(repeats=5 if quick else 20)
+    structured = align_fast_vs_legacy_structured(repeats=5 if quick else 20)
     store = _object_store_in_subprocess(repeats=3 if quick else 8)
     return {
         "image_1080p_per_core_per_s": {k: img[k] for k in ("hf_pil", "hf_fast", "ray_mm", "ray_mm_uint8", "ray_mm_uint8_draft")},
@@ -842,6 +851,8 @@ def run_micro(model_dir: Path, quick: bool) -> dict[str, Any]:
         "video_detail": vid,
         "align_fast_vs_legacy_32k": align["speedup"],
         "align_detail": align,
+        "align_fast_vs_legacy_32k_structured": structured["speedup"],
+        "align_structured_detail": structured,
         "object_store_23mb": store,
     }
 
@@ -1024,6 +1035,9 @@ def format_table(result: dict[str, Any]) -> str:
                  f"decode only {v.get('decode_only_clips_per_s', v['clips_per_s']):.1f}/s, "
                  f"seek per frame {v['naive_clips_per_s']:.1f}/s)")
     lines.append(f"align fast vs legacy, 32k tokens, 16 images: {m['align_fast_vs_legacy_32k']:.1f}x")
+    if "align_fast_vs_legacy_32k_structured" in m:
+        lines.append(f"align fast vs legacy, 32k tokens, structured (timestamped videos, sliced images): "
+                     f"{m['align_fast_vs_legacy_32k_structured']:.1f}x")
     s = m.get("object_store_23mb", {})
     if "numpy_get_ms" in s:
         lines.append(f"object store 23 MB put+get: numpy {s['numpy_roundtrip_ms']:.1f} ms, torch {s['torch_roundtrip_ms']:.1f} ms")

@@ -31,3 +31,18 @@ def qwen2_audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ray_mm.models.make_model import make_model
 
     return make_model(tmp_path_factory.mktemp("qwen2_audio_model"), "qwen2_audio")
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``family_dir("qwen3_vl")``: a tiny offline model directory of that family, built once per session."""
+    from ray_mm.models.make_model import make_model
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = make_model(tmp_path_factory.mktemp(f"{family}_model"), family)
+        return built[family]
+
+    return get

@@ -1,13 +1,17 @@
 """Model adapters over local Hugging Face processors, their registry, and the tiny offline model builder.
 
-Importing this package registers the built-in adapters: ``qwen2_vl``,
-``qwen2_audio`` and ``qwen2_vl_frames`` (dynamic frame expansion).
+Importing this package registers the built-in adapters: ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, ``minicpmv4_6``, ``qwen2_audio`` and the
+synthetic ``qwen2_vl_frames`` (dynamic frame expansion).
 """
 
 from ray_mm.models import frames as _frames  # noqa: F401  (registers qwen2_vl_frames)
+from ray_mm.models import minicpmv4_6 as _minicpmv4_6  # noqa: F401  (registers minicpmv4_6)
+from ray_mm.models import qwen2_5_vl as _qwen2_5_vl  # noqa: F401  (registers qwen2_5_vl)
 from ray_mm.models import qwen2_audio as _qwen2_audio  # noqa: F401  (registers qwen2_audio)
 from ray_mm.models import qwen2_vl as _qwen2_vl  # noqa: F401  (registers qwen2_vl)
+from ray_mm.models import qwen3_vl as _qwen3_vl  # noqa: F401  (registers qwen3_vl)
 from ray_mm.models.base import ModelAdapter, normalize_content_part, normalize_messages
+from ray_mm.models.families import FAMILY_SPECS, FamilySpec, MediaPart
 from ray_mm.models.frames import Qwen2VLFramesAdapter
 from ray_mm.models.make_model import FAMILIES, MODEL_MARKER, make_model
 from ray_mm.models.qwen2_audio import Qwen2AudioAdapter, audio_num_tokens
@@ -24,7 +28,10 @@ from ray_mm.models.registry import (
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_SPECS",
     "MODEL_MARKER",
+    "FamilySpec",
+    "MediaPart",
     "ModelAdapter",
     "Qwen2AudioAdapter",
     "Qwen2VLAdapter",

@@ -71,6 +71,10 @@ class PixelSettings:
     #: Video only: the qwen-vl-utils style per-frame cap on the total video pixel budget.
     cap_pixels_per_frame: bool = False
     max_video_tokens: int = 128000
+    #: Video only: what ``size`` bounds. ``"frame"``: each frame (Qwen2-VL / Qwen2.5-VL's
+    #: ``Qwen2VLVideoProcessor``); ``"video"``: the whole ``t * h * w`` (``Qwen3VLVideoProcessor``,
+    #: whose ``smart_resize`` takes the frame count and whose cap is a per-frame share of it).
+    video_budget: str = "frame"
 
     @classmethod
     def from_processor(cls, proc: Any) -> PixelSettings:
@@ -98,7 +102,21 @@ class PixelSettings:
             do_convert_rgb=bool(getattr(proc, "do_convert_rgb", True)),
             cap_pixels_per_frame=bool(getattr(proc, "cap_pixels_per_frame", None) or False),
             max_video_tokens=int(getattr(proc, "max_video_tokens", 128000) or 128000),
+            video_budget=_video_budget(proc),
         )
+
+
+def _video_budget(proc: Any) -> str:
+    """``"video"`` for a Qwen3-VL video processor (its own ``resize``), ``"frame"`` otherwise."""
+    try:
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    except ImportError:  # pragma: no cover - transformers without Qwen3-VL
+        return "frame"
+    if not isinstance(proc, Qwen3VLVideoProcessor):
+        return "frame"
+    if type(proc).resize is not Qwen3VLVideoProcessor.resize:
+        raise FastPathUnsupported(f"{type(proc).__name__} overrides Qwen3-VL's resize")
+    return "video"
 
 
 def _interpolation_name(resample: Any) -> str:
@@ -162,6 +180,21 @@ def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pix
     else:
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
     h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return int(h), int(w)
+
+
+def _qwen3_video_size(num_frames: int, height: int, width: int, factor: int, s: PixelSettings,
+                      min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """``Qwen3VLVideoProcessor.resize``'s target: ``size`` bounds the whole video; with the cap, each
+    frame gets ``max(min(max_video_tokens * factor**2, longest_edge // T), 1.05 * shortest_edge)`` pixels.
+    Raises the processor's own ``ValueError`` (fewer frames than the temporal patch, aspect ratio)."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    if s.cap_pixels_per_frame:
+        per_frame = max(min(s.max_video_tokens * factor * factor, max_pixels // num_frames), int(min_pixels * 1.05))
+        max_pixels = per_frame * num_frames
+    h, w = smart_resize(num_frames, height, width, temporal_factor=s.temporal_patch_size, factor=factor,
+                        min_pixels=min_pixels, max_pixels=max_pixels)
     return int(h), int(w)
 
 
@@ -355,11 +388,14 @@ class QwenPixelPath:
         factor = s.patch_size * s.merge_size
         lo = s.min_pixels if min_pixels is None else int(min_pixels)
         hi = s.max_pixels if max_pixels is None else int(max_pixels)
-        if s.cap_pixels_per_frame:
-            # Qwen2VLVideoProcessor.resize: an even share of the total video budget per frame.
-            total_pixels = int(s.max_video_tokens * factor * factor * 0.9)
-            hi = max(min(hi, total_pixels * s.temporal_patch_size // num_frames), int(lo * 1.05))
-        new_h, new_w = _smart_resize(height, width, factor, lo, hi, video=True)
+        if s.video_budget == "video":
+            new_h, new_w = _qwen3_video_size(num_frames, height, width, factor, s, lo, hi)
+        else:
+            if s.cap_pixels_per_frame:
+                # Qwen2VLVideoProcessor.resize: an even share of the total video budget per frame.
+                total_pixels = int(s.max_video_tokens * factor * factor * 0.9)
+                hi = max(min(hi, total_pixels * s.temporal_patch_size // num_frames), int(lo * 1.05))
+            new_h, new_w = _smart_resize(height, width, factor, lo, hi, video=True)
         resized = self._resize(src, new_h, new_w)
         grid_t = -(-num_frames // s.temporal_patch_size)
         return self._patchify(resized, grid_t=grid_t, normalize=normalize)

@@ -225,3 +225,35 @@ def test_minimum_pool_wait_names_the_missing_resource_and_leaves_nothing_behind(
         Pool(str(model_dir), config, cfg)
     assert "coordinator not placed within 3 s (mm_no_such_node: need 1, cluster has 0)" in str(err.value)
     assert _all_free(totals), ray.available_resources()
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "minicpmv4_6"])
+def test_structured_families_pool_equals_align_and_encoders_fill_every_token(
+    cluster: LocalCluster, family: str, served: tuple[Path, str], config: RayMMConfig,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Qwen3-VL (timestamped video groups) and MiniCPM-V (sliced images, image ids, per-frame video
+    blocks) through the pool give the in-process records, and the default consumer (the family's
+    vision tower) yields one embedding per feature token."""
+    media, base = served
+    model = make_model(tmp_path_factory.mktemp(family), family)
+    adapter = load_adapter(model)
+    img, vid = adapter.placeholder_texts["image"], adapter.placeholder_texts["video"]
+    lines = [
+        {"request_id": "sliced", "prompt": f"A {img}\n{img} B", "images": [f"{base}/big.jpg", f"{base}/shape.png"]},
+        {"request_id": "mixed", "prompt": f"{img} then {vid} then {img}", "images": [f"{base}/small.jpg", f"{base}/big.jpg"],
+         "videos": [{"url": f"{base}/clip.mp4", "nframes": 4}]},
+    ]
+    pre = Preprocessor(model, config)
+    expected = {line["request_id"]: pre.run(line).record for line in lines}
+    assert all(r["ok"] for r in expected.values()), expected
+    with Pool(str(model), config, PoolConfig(cpu_workers=2, gpu_workers=1)) as pool:
+        got = {r["request_id"]: r for r in pool.run([(line["request_id"], line) for line in lines])}
+    feature_ids = set(adapter.feature_token_ids.values())
+    for rid, exp in expected.items():
+        assert {k: got[rid][k] for k in COMPARED} == {k: exp[k] for k in COMPARED}, rid
+        if rid == "mixed":  # the video (and MiniCPM-V's large image) expand into structures, not one run
+            assert any(len(item["offsets"]) > 1 for item in got[rid]["items"])
+        consumer = got[rid]["consumer"]
+        assert "error" not in consumer, consumer
+        assert consumer["embeddings"] == sum(1 for t in got[rid]["input_ids"] if t in feature_ids)
