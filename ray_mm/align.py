@@ -66,13 +66,17 @@ def align(
     dynamic_frame_expansion: bool = False,
     feature_ids: Mapping[str, int] | None = None,
     special_ids: frozenset[int] | None = None,
+    from_text: bool = False,
 ) -> Alignment:
     """Align ``items`` (per modality, in request order) with ``input_ids``.
 
     ``placeholder_ids`` maps each modality the model accepts to its compact placeholder token;
     ``feature_ids`` to the token its expansion's runs are made of (default: the same).
     With ``special_ids``, the fast path raises :class:`SpliceRequired` where an open-ended
-    expansion would sit next to a token that is not special.
+    expansion would sit next to a token that is not special (or next to another open one).
+    ``from_text``: the ids are ray-mm's tokenization of a text prompt, where every placeholder
+    token is one item's compact placeholder, as the processor reads text (so placeholders side
+    by side are several items, never one expanded run).
     """
     feature_ids = dict(placeholder_ids) if feature_ids is None else {**placeholder_ids, **feature_ids}
     unknown = [m for m, lst in items.items() if lst and m not in placeholder_ids]
@@ -80,7 +84,7 @@ def align(
         raise AlignmentError(f"request {request_id}: the model has no placeholder for {', '.join(unknown)}")
     if not skip_tokenizer_init and not dynamic_frame_expansion:
         ids_list = input_ids.tolist() if isinstance(input_ids, np.ndarray) else list(input_ids)
-        fast = _try_fast(ids_list, placeholder_ids, feature_ids, items, special_ids)
+        fast = _try_fast(ids_list, placeholder_ids, feature_ids, items, special_ids, from_text)
         if fast is not None:
             return fast
     ids = input_ids.tolist() if isinstance(input_ids, np.ndarray) else list(input_ids)
@@ -93,6 +97,7 @@ def _try_fast(
     feature_ids: Mapping[str, int],
     items: Mapping[str, Sequence[ItemMeta]],
     special_ids: frozenset[int] | None,
+    from_text: bool = False,
 ) -> Alignment | None:
     """The 1:1 path, or None when counts or shapes call for the legacy scan.
 
@@ -113,28 +118,39 @@ def _try_fast(
     if any(counts[m] != len(items.get(m, ())) for m in counts):
         return None
     bare = {m for m in counts if not all(_bracketed(expansion_of(it, feature_ids[m])) for it in items.get(m, ()))}
-    if any(b - a == 1 and ids[a] == ids[b] and token_to_modality[ids[a]] in bare for a, b in zip(positions, positions[1:])):
+    if not from_text and any(b - a == 1 and ids[a] == ids[b] and token_to_modality[ids[a]] in bare
+                             for a, b in zip(positions, positions[1:])):
         return None  # adjacent placeholders may be an expanded run: let the legacy scan decide
     cursors = dict.fromkeys(counts, 0)
-    out: list[int] = []
-    aligned: list[AlignedItem] = []
-    cursor = 0
+    planned: dict[int, tuple[str, ItemMeta, Expansion]] = {}
     for k in positions:
         modality = token_to_modality[ids[k]]
         item = items[modality][cursors[modality]]
         cursors[modality] += 1
-        exp = expansion_of(item, feature_ids[modality])
-        if special_ids is not None and (
-            (exp.open_start and k > 0 and ids[k - 1] not in special_ids)
-            or (exp.open_end and k + 1 < len(ids) and ids[k + 1] not in special_ids)
-        ):
-            raise SpliceRequired(f"{modality} {item.index}")
+        planned[k] = (modality, item, expansion_of(item, feature_ids[modality]))
+    if special_ids is not None:
+        _check_boundaries(ids, planned, special_ids)
+    out: list[int] = []
+    aligned: list[AlignedItem] = []
+    cursor = 0
+    for k, (_, item, exp) in planned.items():
         out.extend(ids[cursor:k])
         aligned.append(_aligned(item, exp, len(out)))
         out.extend(exp.ids())
         cursor = k + 1
     out.extend(ids[cursor:])
     return Alignment(input_ids=out, items=aligned, path="fast")
+
+
+def _check_boundaries(ids: list[int], planned: Mapping[int, tuple[str, ItemMeta, Expansion]], special_ids: frozenset[int]) -> None:
+    """Raise :class:`SpliceRequired` where an expansion's plain-text end would meet text in the output:
+    a neighbour that is not special, or another placeholder whose expansion is open on that side."""
+    for k, (modality, item, exp) in planned.items():
+        before, after = planned.get(k - 1), planned.get(k + 1)
+        if exp.open_start and k > 0 and (ids[k - 1] not in special_ids or (before is not None and before[2].open_end)):
+            raise SpliceRequired(f"{modality} {item.index}")
+        if exp.open_end and k + 1 < len(ids) and (ids[k + 1] not in special_ids or (after is not None and after[2].open_start)):
+            raise SpliceRequired(f"{modality} {item.index}")
 
 
 def _legacy(
@@ -146,8 +162,14 @@ def _legacy(
 ) -> Alignment:
     """Walk the ids; at each placeholder or feature token, the next item of its modality must be
     there, compact or fully expanded."""
-    trigger: dict[int, str] = {tok: m for m, tok in feature_ids.items()}
-    trigger.update({tok: m for m, tok in placeholder_ids.items()})
+    # A token may trigger several modalities (InternVL / GLM-4V video frames use the image feature token):
+    # the placeholder's own modality first, then those whose runs are made of it.
+    trigger: dict[int, list[str]] = {}
+    for m, tok in placeholder_ids.items():
+        trigger.setdefault(tok, []).append(m)
+    for m, tok in feature_ids.items():
+        if m not in trigger.setdefault(tok, []):
+            trigger[tok].append(m)
     cursors = {m: 0 for m in placeholder_ids}
     arr = np.asarray(ids, dtype=_ID_DTYPE)
     hits = np.flatnonzero(np.isin(arr, np.fromiter(trigger, dtype=_ID_DTYPE))) if ids else np.empty(0, _ID_DTYPE)
@@ -157,7 +179,7 @@ def _legacy(
     for p in hits.tolist():
         if p < cursor:
             continue  # inside an expansion kept whole
-        modality = trigger[ids[p]]
+        modality = _pick(trigger[ids[p]], ids, p, items, cursors, feature_ids, cursor)
         available = items.get(modality, ())
         k = cursors[modality]
         if k >= len(available):
@@ -192,6 +214,27 @@ def _legacy(
             )
     out.extend(ids[cursor:])
     return Alignment(input_ids=out, items=aligned, path="legacy")
+
+
+def _pick(candidates: list[str], ids: list[int], p: int, items: Mapping[str, Sequence[ItemMeta]],
+          cursors: Mapping[str, int], feature_ids: Mapping[str, int], cursor: int) -> str:
+    """The modality of the token at ``p``: the one whose next item's full expansion is there (its
+    plain-text lead matching too, where several match), else the first candidate."""
+    if len(candidates) == 1:
+        return candidates[0]
+    found = []
+    for m in candidates:
+        lst = items.get(m, ())
+        if cursors[m] < len(lst):
+            exp = expansion_of(lst[cursors[m]], feature_ids[m])
+            start = _full_match_start(ids, p, exp, cursor)
+            if start is not None:
+                lead = exp.ids()[: exp.lead]
+                found.append((bool(lead) and ids[max(0, start - len(lead)) : start] == lead, m))
+    if found:
+        return max(found, key=lambda f: f[0])[1]
+    # No item's expansion is here: blame one that still has items, so the error names what was expected.
+    return next((m for m in candidates if cursors[m] < len(items.get(m, ()))), candidates[0])
 
 
 def _anchor(exp: Expansion, token: int) -> int | None:
@@ -301,13 +344,15 @@ def align_by_text(
     ids = tokenize("".join(pieces) + text[last:])
     arr = np.asarray(ids, dtype=_ID_DTYPE)
     aligned = []
-    taken = dict.fromkeys(placeholder_texts, 0)
-    positions = {m: np.flatnonzero(arr == tok).tolist() for m, tok in feature_ids.items()}
+    # Keyed by token: modalities may share one feature token.
+    positions = {tok: np.flatnonzero(arr == tok).tolist() for tok in set(feature_ids.values())}
+    taken = dict.fromkeys(positions, 0)
     for modality, item in order:
         offsets = []
-        for n in expansion_of(item, feature_ids[modality]).runs:
-            run = positions[modality][taken[modality] : taken[modality] + n]
-            taken[modality] += n
+        tok = feature_ids[modality]
+        for n in expansion_of(item, tok).runs:
+            run = positions[tok][taken[tok] : taken[tok] + n]
+            taken[tok] += n
             if len(run) != n or run[-1] - run[0] != n - 1:
                 raise AlignmentError(f"request {request_id}: {modality} {item.index}: its expansion did not survive tokenization")
             offsets.append((run[0], run[-1]))

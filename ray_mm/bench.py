@@ -835,6 +835,7 @@ def run_micro(model_dir: Path, quick: bool) -> dict[str, Any]:
     from .microbench import (
         align_fast_vs_legacy,
         align_fast_vs_legacy_structured,
+        family_image_per_core,
         image_per_core,
         video_sampling,
     )
@@ -843,6 +844,8 @@ def run_micro(model_dir: Path, quick: bool) -> dict[str, Any]:
     vid = video_sampling(n=2 if quick else 8, model_dir=model_dir)
     align = align_fast_vs_legacy(repeats=5 if quick else 20)
     structured = align_fast_vs_legacy_structured(repeats=5 if quick else 20)
+    # Every family with images (tiny models, so paths not families are compared); two in --quick.
+    families = family_image_per_core(["qwen3_vl", "gemma3"] if quick else None, n=2 if quick else 10)
     store = _object_store_in_subprocess(repeats=3 if quick else 8)
     return {
         "image_1080p_per_core_per_s": {k: img[k] for k in ("hf_pil", "hf_fast", "ray_mm", "ray_mm_uint8", "ray_mm_uint8_draft")},
@@ -853,6 +856,7 @@ def run_micro(model_dir: Path, quick: bool) -> dict[str, Any]:
         "align_detail": align,
         "align_fast_vs_legacy_32k_structured": structured["speedup"],
         "align_structured_detail": structured,
+        "family_image_1080p_per_core_per_s": families,
         "object_store_23mb": store,
     }
 
@@ -1038,6 +1042,9 @@ def format_table(result: dict[str, Any]) -> str:
     if "align_fast_vs_legacy_32k_structured" in m:
         lines.append(f"align fast vs legacy, 32k tokens, structured (timestamped videos, sliced images): "
                      f"{m['align_fast_vs_legacy_32k_structured']:.1f}x")
+    for family, f in m.get("family_image_1080p_per_core_per_s", {}).get("families", {}).items():
+        lines.append(f"1080p image per core, {family} (tiny model, adapter {f['adapter']}): ray-mm {f['ray_mm_per_s']:.1f}/s, "
+                     f"HF processor call {f['hf_processor_call_per_s']:.1f}/s")
     s = m.get("object_store_23mb", {})
     if "numpy_get_ms" in s:
         lines.append(f"object store 23 MB put+get: numpy {s['numpy_roundtrip_ms']:.1f} ms, torch {s['torch_roundtrip_ms']:.1f} ms")

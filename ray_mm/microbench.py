@@ -358,3 +358,45 @@ def video_sampling(
                                                                 adapter.process_hf("video", frames, u8)[0].features["pixel_values_videos"]))
     return out
 
+
+def family_image_per_core(families: list[str] | None = None, n: int = 10, width: int = 1920, height: int = 1080,
+                          work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Per family with images: 1080p JPEG bytes to that family's image features on one thread, through
+    ray-mm's media path and the family's adapter (its hand path where it has one, else the in-tree HF
+    processor's fast variant when the tiny model uses it), and through the HF processor's whole
+    ``__call__`` on the same image for reference. The tiny models' processor settings (small pixel
+    budgets, few tiles) are used: the figures compare paths, not families at serving size."""
+    import tempfile
+
+    from PIL import Image
+
+    from .config import RayMMConfig
+    from .media import ImageMediaIO
+    from .models import FAMILY_SPECS, load_adapter, make_model
+    from .synth import make_image
+
+    jpeg = make_image(width, height, "JPEG", seed=1)
+    image_io = ImageMediaIO(RayMMConfig().media)
+    names = families or [f for f, spec in FAMILY_SPECS.items() if "image" in spec.placeholders]
+    out: dict[str, Any] = {"width": width, "height": height, "n": n, "families": {}}
+    with tempfile.TemporaryDirectory() as tmp, single_thread():
+        for family in names:
+            model = make_model(Path(work_dir or tmp) / family, family)
+            adapter = load_adapter(model)
+            prompt = adapter.placeholder_texts["image"]
+
+            def ours(adapter: Any = adapter) -> Any:
+                return adapter.process("image", image_io.load_bytes(jpeg, label="bench"))
+
+            def hf(adapter: Any = adapter, prompt: str = prompt) -> Any:
+                image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+                return adapter.processor(text=[prompt], images=[image], return_tensors="np")
+
+            ours(), hf()  # warm-up
+            times = {"ray_mm": _best_of(ours, n), "hf_processor_call": _best_of(hf, n)}
+            out["families"][family] = {
+                "adapter": adapter.name,
+                "image_processor": type(adapter.processor.image_processor).__name__,
+                **{f"{k}_per_s": 1.0 / v for k, v in times.items()},
+            }
+    return out

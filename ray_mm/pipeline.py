@@ -104,6 +104,11 @@ class Preprocessor:
         cap = self.config.media.max_precomputed_bytes
         for spec in req.items():
             if is_precomputed(spec.source):
+                if spec.modality not in self.adapter.precomputed_modalities:
+                    # A precomputed item is aligned as one run of its tokens: wrong for a family whose items
+                    # expand into structures (timestamps, slices, tiles), so it is refused, not guessed.
+                    raise RequestError(f"{spec.label}: precomputed {spec.modality} features are not accepted by adapter "
+                                       f"{self.adapter.name!r} (its items expand into more than one run of tokens)")
                 nbytes = payload_nbytes(spec.source)
                 if nbytes > cap:
                     raise MediaLimitError(
@@ -124,7 +129,8 @@ class Preprocessor:
         if req.prompt is None:  # ids from the client: they are spliced in id space, as sent
             return align(prepared.input_ids, adapter.placeholder_token_ids, items, **kwargs)
         try:
-            return align(prepared.input_ids, adapter.placeholder_token_ids, items, special_ids=adapter.special_token_ids, **kwargs)
+            return align(prepared.input_ids, adapter.placeholder_token_ids, items, special_ids=adapter.special_token_ids,
+                         from_text=True, **kwargs)
         except SpliceRequired:
             # An expansion opens or closes with plain text next to plain prompt text: splice the
             # text and tokenize once, as the processor does, so the ids are the processor's.
@@ -198,10 +204,10 @@ class Preprocessor:
             t0 = time.perf_counter()
             outputs = self.adapter.process(load_spec.modality, data, process_options)
             process_s = time.perf_counter() - t0
-        except MediaUnsupportedError as exc:  # the adapter's own check (check_input) gives the reason; name the item
+        except (MediaUnsupportedError, RequestError) as exc:  # the adapter's own checks give the reason; name the item
             if exc.message.startswith(spec.label):
                 raise
-            raise MediaUnsupportedError(f"{spec.label}: {exc.message}") from exc
+            raise type(exc)(f"{spec.label}: {exc.message}") from exc
         except MMError:
             raise
         except Exception as exc:

@@ -12,6 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import logging  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -46,3 +48,13 @@ def family_dir(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
         return built[family]
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def keep_ray_mm_logger() -> Iterator[None]:
+    """``cli.main`` configures the ``ray_mm`` logger (``--log-level``); give later tests it back as it was."""
+    logger = logging.getLogger("ray_mm")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers

@@ -64,6 +64,16 @@ def content_hash(payload_digest: bytes, options: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def _bytes_hash(data: bytes, options: dict[str, Any]) -> str:
+    """:func:`content_hash` of fetched bytes."""
+    return content_hash(hashlib.sha256(data).digest(), options)
+
+
+def _fetched(spec: MediaSpec, data: bytes, t0: float) -> FetchedMedia:
+    """Fetched bytes with their content hash; ``fetch_s`` counts from ``t0`` to the hash's end."""
+    return FetchedMedia(data, _bytes_hash(data, spec.options or {}), time.perf_counter() - t0)
+
+
 def _in_process_digest(source: object) -> bytes:
     """sha256 of in-process media: dtype and shape go in too, so a reshape is a different item."""
     h = hashlib.sha256()
@@ -115,21 +125,13 @@ class MediaLoader:
         self._check_spec(spec)
         t0 = time.perf_counter()
         data = self._guard(lambda: self.connector.fetch(spec.source, spec.label), spec, MediaFetchError)
-        digest = hashlib.sha256(data).digest()
-        return FetchedMedia(data, content_hash(digest, spec.options or {}), time.perf_counter() - t0)
+        return _fetched(spec, data, t0)
 
     async def fetch_async(self, spec: MediaSpec) -> FetchedMedia:
         """``fetch`` on the event loop (http(s) concurrently, files in a thread); same hash and errors."""
         self._check_spec(spec)
         t0 = time.perf_counter()
-        try:
-            data = await self.connector.fetch_async(spec.source, spec.label)
-        except MMError:
-            raise
-        except Exception as exc:
-            raise MediaFetchError(f"{spec.label}: fetch failed ({type(exc).__name__})") from None
-        digest = hashlib.sha256(data).digest()
-        return FetchedMedia(data, content_hash(digest, spec.options or {}), time.perf_counter() - t0)
+        return _fetched(spec, await self._fetch_bytes_async(spec), t0)
 
     def decode(self, spec: MediaSpec, fetched: FetchedMedia) -> DecodedMedia:
         return self._decode(spec, fetched.data, fetched.fetch_s, fetched.content_hash)
@@ -144,12 +146,7 @@ class MediaLoader:
         if _is_in_process(spec.source):
             return await asyncio.to_thread(self._in_process, spec)
         t0 = time.perf_counter()
-        try:
-            data = await self.connector.fetch_async(spec.source, spec.label)
-        except MMError:
-            raise
-        except Exception as exc:
-            raise MediaFetchError(f"{spec.label}: fetch failed ({type(exc).__name__})") from None
+        data = await self._fetch_bytes_async(spec)
         fetch_s = time.perf_counter() - t0
         return await asyncio.to_thread(self._decode, spec, data, fetch_s)
 
@@ -160,6 +157,15 @@ class MediaLoader:
             raise RequestError(f"{spec.label}: unknown modality {spec.modality!r}")
         if is_precomputed(spec.source):
             raise RequestError(f"{spec.label}: precomputed features are not decoded media; route them to the adapter")
+
+    async def _fetch_bytes_async(self, spec: MediaSpec) -> bytes:
+        """The connector's async fetch; an error that is not an ``MMError`` becomes a ``MediaFetchError``."""
+        try:
+            return await self.connector.fetch_async(spec.source, spec.label)
+        except MMError:
+            raise
+        except Exception as exc:
+            raise MediaFetchError(f"{spec.label}: fetch failed ({type(exc).__name__})") from None
 
     @staticmethod
     def _guard(fn: Any, spec: MediaSpec, wrap: type[MMError]) -> Any:
@@ -183,7 +189,7 @@ class MediaLoader:
         else:
             decoded = self._guard(lambda: self.audio_io.load_bytes(data, label=spec.label), spec, MediaDecodeError)
         decode_s = time.perf_counter() - t0
-        chash = known_hash or content_hash(hashlib.sha256(data).digest(), opts)
+        chash = known_hash or _bytes_hash(data, opts)
         return DecodedMedia(spec.modality, decoded, chash, {"fetch_s": fetch_s, "decode_s": decode_s})
 
     def _in_process(self, spec: MediaSpec) -> DecodedMedia:

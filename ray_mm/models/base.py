@@ -119,6 +119,9 @@ class ModelAdapter(ABC):
     #: passes ``options["video_metadata"]`` (``fps``, ``total_num_frames``, ``frames_indices``,
     #: ``duration`` of the source), the form HF video processors take.
     takes_video_metadata: ClassVar[bool] = False
+    #: Modalities whose precomputed features (``processor_output`` / ``precomputed_embedding``) the adapter
+    #: accepts: those whose expansion is one run of ``num_tokens`` feature tokens, counted from the grid.
+    precomputed_modalities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, model_dir: str | Path) -> None:
         from transformers import AutoConfig, AutoProcessor
@@ -313,6 +316,31 @@ class ModelAdapter(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model_dir={str(self.model_dir)!r})"
+
+
+def process_image_or_video(adapter: Any, modality: str, data: Any, options: Mapping[str, Any] | None) -> list[ItemFeatures]:
+    """``process`` of an adapter with ``process_image`` and ``process_video``: one item, one placeholder."""
+    if modality == "image":
+        return [adapter.process_image(data, options)]
+    if modality == "video":
+        return [adapter.process_video(data, options)]
+    raise ValueError(f"{adapter.name} does not take {modality!r} items (modalities: {sorted(adapter.modalities)})")
+
+
+def encoder_pixels(module: torch.nn.Module, features: Mapping[str, Any], image_key: str, video_key: str) -> tuple[torch.Tensor, Any]:
+    """One item's pixels for a vision encoder: ``pixel_values`` (an image) or ``pixel_values_videos``
+    (a video) on ``module``'s device and in its dtype, with the feature that lays them out
+    (``features[image_key]`` or ``features[video_key]``, as it is)."""
+    import torch
+
+    if "pixel_values" in features:
+        pixels, layout = features["pixel_values"], features[image_key]
+    elif "pixel_values_videos" in features:
+        pixels, layout = features["pixel_values_videos"], features[video_key]
+    else:
+        raise ValueError(f"no pixel values among features {sorted(features)}")
+    param = next(module.parameters())
+    return torch.as_tensor(pixels).to(device=param.device, dtype=param.dtype, non_blocking=True), layout
 
 
 def as_numpy_features(batch: Mapping[str, Any], keys: Sequence[str]) -> dict[str, np.ndarray]:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ray_mm.errors import MediaUnsupportedError
-from ray_mm.models.base import ModelAdapter, as_numpy_features
+from ray_mm.models.base import ModelAdapter, as_numpy_features, encoder_pixels, process_image_or_video
 from ray_mm.models.registry import register_adapter
 from ray_mm.types import Expansion, ItemFeatures
 
@@ -128,11 +128,7 @@ class MiniCPMV4_6Adapter(ModelAdapter):
     # ------------------------------------------------------------------ processing
 
     def process(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> list[ItemFeatures]:
-        if modality == "image":
-            return [self.process_image(data, options)]
-        if modality == "video":
-            return [self.process_video(data, options)]
-        raise ValueError(f"{self.name} does not take {modality!r} items (modalities: {sorted(self.modalities)})")
+        return process_image_or_video(self, modality, data, options)
 
     def check_input(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> None:
         """Refuse what the processor cannot take, before any pixel work.
@@ -170,19 +166,7 @@ class MiniCPMV4_6Adapter(ModelAdapter):
         self.check_input("image", image, options)
         proc = self.processor.image_processor
         kwargs = self._kwargs("image")
-        out = proc([image], return_tensors="pt", **kwargs)
-        divisor = _token_divisor(str(kwargs.get("downsample_mode", proc.downsample_mode)))
-        expansion = self.expansion_from_text(
-            "image", self.replacement_text("image", out, 0, image_token_divisor=divisor))
-        feats = as_numpy_features(out, ("pixel_values", "target_sizes"))
-        return ItemFeatures(
-            modality="image",
-            features=feats,
-            primary="pixel_values",
-            num_tokens=expansion.num_tokens,
-            grid_thw=None,
-            expansion=expansion,
-        )
+        return self._item("image", proc, kwargs, proc([image], return_tensors="pt", **kwargs))
 
     def process_video(self, frames: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
         frames = np.asarray(frames)
@@ -197,15 +181,19 @@ class MiniCPMV4_6Adapter(ModelAdapter):
         metadata = (options or {}).get("video_metadata")
         if metadata is not None and int(kwargs.get("stack_frames", proc.stack_frames) or 1) > 1:
             kwargs["video_metadata"] = [dict(metadata)]
-        out = proc(videos=[frames], do_sample_frames=False, return_tensors="pt", **kwargs)
+        return self._item("video", proc, kwargs, proc(videos=[frames], do_sample_frames=False, return_tensors="pt", **kwargs))
+
+    def _item(self, modality: str, proc: Any, kwargs: Mapping[str, Any], out: Mapping[str, Any]) -> ItemFeatures:
+        """One item from its sub-processor output ``out`` (``kwargs`` the call's): its arrays, and the
+        processor's own replacement text as its expansion."""
         divisor = _token_divisor(str(kwargs.get("downsample_mode", proc.downsample_mode)))
         expansion = self.expansion_from_text(
-            "video", self.replacement_text("video", out, 0, video_token_divisor=divisor))
-        feats = as_numpy_features(out, ("pixel_values_videos", "target_sizes_videos"))
+            modality, self.replacement_text(modality, out, 0, **{f"{modality}_token_divisor": divisor}))
+        suffix = "" if modality == "image" else "_videos"
         return ItemFeatures(
-            modality="video",
-            features=feats,
-            primary="pixel_values_videos",
+            modality=modality,
+            features=as_numpy_features(out, (f"pixel_values{suffix}", f"target_sizes{suffix}")),
+            primary=f"pixel_values{suffix}",
             num_tokens=expansion.num_tokens,
             grid_thw=None,
             expansion=expansion,
@@ -235,15 +223,8 @@ class MiniCPMV4_6Adapter(ModelAdapter):
         """One item's embeddings, ``(num_tokens, text hidden size)``: one row per feature token, units in order."""
         import torch
 
-        if "pixel_values" in features:
-            pixels, sizes = features["pixel_values"], features["target_sizes"]
-        elif "pixel_values_videos" in features:
-            pixels, sizes = features["pixel_values_videos"], features["target_sizes_videos"]
-        else:
-            raise ValueError(f"no pixel values among features {sorted(features)}")
-        param = next(module.parameters())
-        pixels = torch.as_tensor(pixels).to(device=param.device, dtype=param.dtype, non_blocking=True)
-        sizes = torch.as_tensor(sizes).to(device=param.device, dtype=torch.int32).reshape(-1, 2)
+        pixels, sizes = encoder_pixels(module, features, "target_sizes", "target_sizes_videos")
+        sizes = torch.as_tensor(sizes).to(device=pixels.device, dtype=torch.int32).reshape(-1, 2)
         use_vit_merger = str(module.config.downsample_mode) != "4x"
         with torch.inference_mode():
             hidden = module.vision_tower(pixels, target_sizes=sizes, use_vit_merger=use_vit_merger).last_hidden_state

@@ -112,6 +112,9 @@ class Qwen2_5_VLAdapter(QwenSampledVideoAdapter):
     ``second_per_grid_ts`` (shape ``(1,)``, as the processor names it, so it is dumped as
     ``item<n>.second_per_grid_ts``) and the record carries it as a number."""
 
+    # A precomputed video carries no sampling metadata, so its second_per_grid_ts is unknown: images only.
+    precomputed_modalities = frozenset({"image"})
+
     def process_video(self, frames: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
         frames = self._check_frames(frames, options)
         metadata = self.video_metadata(frames, options)

@@ -31,6 +31,7 @@ class Qwen2AudioAdapter(ModelAdapter):
     """Qwen2-Audio: ``Audio N: <|audio_bos|><|AUDIO|><|audio_eos|>``."""
 
     modalities = frozenset({"audio"})
+    precomputed_modalities = frozenset({"audio"})
 
     @property
     def placeholder_tokens(self) -> dict[str, str]:

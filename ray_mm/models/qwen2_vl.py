@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ray_mm.errors import MediaUnsupportedError
-from ray_mm.models.base import ModelAdapter, as_numpy_features
+from ray_mm.models.base import ModelAdapter, as_numpy_features, encoder_pixels, process_image_or_video
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, PixelResult, QwenPixelPath
 from ray_mm.models.registry import register_adapter
 from ray_mm.types import ItemFeatures, Modality
@@ -104,6 +104,7 @@ class Qwen2VLAdapter(ModelAdapter):
     """
 
     modalities = frozenset({"image", "video"})
+    precomputed_modalities = frozenset({"image", "video"})
 
     def __init__(self, model_dir: str | Path, *, use_hand_path: bool = True) -> None:
         super().__init__(model_dir)
@@ -135,11 +136,7 @@ class Qwen2VLAdapter(ModelAdapter):
     # ------------------------------------------------------------------ processing
 
     def process(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> list[ItemFeatures]:
-        if modality == "image":
-            return [self.process_image(data, options)]
-        if modality == "video":
-            return [self.process_video(data, options)]
-        raise ValueError(f"{self.name} does not take {modality!r} items (modalities: {sorted(self.modalities)})")
+        return process_image_or_video(self, modality, data, options)
 
     def check_input(self, modality: str, data: Any, options: Mapping[str, Any] | None = None) -> None:
         """Refuse an image / video whose aspect ratio is over :data:`MAX_ASPECT_RATIO`, as ``smart_resize`` would.
@@ -327,15 +324,8 @@ class Qwen2VLAdapter(ModelAdapter):
     def encode(self, module: torch.nn.Module, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         import torch
 
-        if "pixel_values" in features:
-            pixels, grid = features["pixel_values"], features["image_grid_thw"]
-        elif "pixel_values_videos" in features:
-            pixels, grid = features["pixel_values_videos"], features["video_grid_thw"]
-        else:
-            raise ValueError(f"no pixel values among features {sorted(features)}")
-        param = next(module.parameters())
-        pixels = torch.as_tensor(pixels).to(device=param.device, dtype=param.dtype, non_blocking=True)
-        grid = torch.as_tensor(grid, dtype=torch.long).reshape(-1, 3).to(param.device)
+        pixels, grid = encoder_pixels(module, features, "image_grid_thw", "video_grid_thw")
+        grid = torch.as_tensor(grid, dtype=torch.long).reshape(-1, 3).to(pixels.device)
         with torch.inference_mode():
             out = module(pixels, grid_thw=grid)
         return out.pooler_output

@@ -34,6 +34,9 @@ class Qwen3VLAdapter(QwenSampledVideoAdapter):
     """Qwen3-VL: ``<|vision_start|><|image_pad|><|vision_end|>`` / ``<|vision_start|><|video_pad|><|vision_end|>``;
     a video's expansion holds a ``<t seconds>`` text and a run per temporal group."""
 
+    # A precomputed video has no sampling metadata, so its timestamps cannot be written: images only.
+    precomputed_modalities = frozenset({"image"})
+
     def process_video(self, frames: Any, options: Mapping[str, Any] | None = None) -> ItemFeatures:
         frames = self._check_frames(frames, options)
         metadata = self.video_metadata(frames, options)

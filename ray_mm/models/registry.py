@@ -15,6 +15,7 @@ from ray_mm.models.make_model import MODEL_MARKER
 A = TypeVar("A", bound=type[ModelAdapter])
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
+GENERIC = "generic"  # ray_mm.models.generic: the adapter of a family that has none of its own
 _CACHE: dict[tuple[str, str], ModelAdapter] = {}
 _LOCK = threading.RLock()
 
@@ -91,6 +92,9 @@ def load_adapter(model_dir: str | Path, name: str | None = None) -> ModelAdapter
         raise ValueError(f"model directory not found: {d}")
     resolved = str(d.resolve())
     adapter_name = name or resolve_adapter_name(d)
+    if name is None and adapter_name not in _ADAPTERS:
+        # No family adapter: the generic one serves any processor with transformers' replacement API.
+        adapter_name = GENERIC
     key = (resolved, adapter_name)
     with _LOCK:
         cached = _CACHE.get(key)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +38,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pool(cluster: LocalCluster, model_dir: Path) -> Iterator[Pool]:
     with Pool(str(model_dir), None, POOL) as p:
         yield p
-
-
-@pytest.fixture(autouse=True)
-def keep_ray_mm_logger() -> Iterator[None]:
-    """``cli.main`` configures the ``ray_mm`` logger (``--log-level``); give later tests it back as it was."""
-    logger = logging.getLogger("ray_mm")
-    level, handlers = logger.level, list(logger.handlers)
-    yield
-    logger.setLevel(level)
-    logger.handlers[:] = handlers
 
 
 def line(rid: str, prompt: str = "look") -> dict[str, Any]:

@@ -179,10 +179,14 @@ class Chaos:
     def _kill_coordinator(self) -> bool:
         """Kill the coordinator once; Ray restarts it and the driver resubmits. Not before the killed
         GPU worker's leases went back to the queue (released when it restarted, or expired once it
-        stopped renewing them), so the coordinator's counters can show it."""
-        counters = coord_stats(self.pool)["counters"]
-        if counters.get("leases_released", 0) + counters.get("lease_expired", 0) == 0:
-            return False
+        stopped renewing them: within lease_s plus a restart), so the coordinator's counters can show
+        it; the pool keeps working meanwhile."""
+        deadline = time.monotonic() + 30.0
+        while True:
+            counters = coord_stats(self.pool)["counters"]
+            if counters.get("leases_released", 0) + counters.get("lease_expired", 0) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         self.killed["counters_before"] = counters
         ray.kill(self.pool.coordinator, no_restart=False)
         self.log.append("killed the coordinator")

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +17,6 @@ from ray_mm.synth import make_image
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 URI = "data:image/jpeg;base64," + base64.b64encode(make_image(64, 48, seed=4)).decode()
-
-
-@pytest.fixture(autouse=True)
-def keep_ray_mm_logger() -> Iterator[None]:
-    """``cli.main`` configures the ``ray_mm`` logger (``--log-level``); give later tests it back as it was."""
-    logger = logging.getLogger("ray_mm")
-    level, handlers = logger.level, list(logger.handlers)
-    yield
-    logger.setLevel(level)
-    logger.handlers[:] = handlers
 
 
 def test_dedupe_turns_a_repeated_id_into_its_own_409_error() -> None:

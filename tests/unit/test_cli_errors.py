@@ -6,23 +6,12 @@ Every case fails before any work starts (no model load for config mistakes, no c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ray_mm import cli
 from ray_mm.config import RayMMConfig, describe_validation_error
-
-
-@pytest.fixture(autouse=True)
-def keep_ray_mm_logger() -> Iterator[None]:
-    """``cli.main`` configures the ``ray_mm`` logger (``--log-level``); give later tests it back as it was."""
-    logger = logging.getLogger("ray_mm")
-    level, handlers = logger.level, list(logger.handlers)
-    yield
-    logger.setLevel(level)
-    logger.handlers[:] = handlers
 
 
 @pytest.fixture

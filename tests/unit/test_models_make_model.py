@@ -141,7 +141,7 @@ def test_make_model_is_deterministic_and_fast(tmp_path: Path, qwen2_vl_dir: Path
 
 def test_make_model_rejects_unknown_family(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown family"):
-        make_model(tmp_path, "llava")  # type: ignore[arg-type]
+        make_model(tmp_path, "no_such_family")  # type: ignore[arg-type]
 
 
 def test_make_model_loads_in_a_fresh_offline_process(qwen2_audio_dir: Path, tmp_path: Path) -> None:

@@ -14,35 +14,24 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoProcessor
 
 import ray_mm.pipeline as pipeline_module
 from ray_mm.align import align
 from ray_mm.models import load_adapter
 from ray_mm.models.qwen3_vl import Qwen3VLAdapter
-from ray_mm.pipeline import Preprocessor, group_items
-from ray_mm.synth import make_image, make_video
-from tests.conformance import (
-    Family,
-    check_legacy_roundtrip,
-    check_request,
-    config_for,
-    corrupt_first_item,
-)
+from ray_mm.pipeline import group_items
+from tests import conformance as cf
 
-IMG = "<|vision_start|><|image_pad|><|vision_end|>"
-VID = "<|vision_start|><|video_pad|><|vision_end|>"
-FAMILY = Family("qwen3_vl", image=IMG, video=VID)
+IMG, VID = cf.QWEN_IMAGE, cf.QWEN_VIDEO
+FAMILY = cf.Family("qwen3_vl", image=IMG, video=VID)
 # 3 s at 10 fps. nframes 4 -> source frames [0, 10, 19, 29]: groups at 0.5 s and 2.4 s.
 # fps 2 -> 6 frames [0, 6, 12, 17, 23, 29]: groups at 0.3 s, 1.4 s (1.45 in binary) and 2.6 s.
 VIDEO_NFRAMES = {"url": "v.mp4", "nframes": 4}
 VIDEO_FPS = {"url": "v.mp4", "fps": 2.0}
 
 
-@pytest.fixture(scope="module")
-def model_dir(family_dir: Any) -> Path:
-    return family_dir("qwen3_vl")
+model_dir, media = cf.family_fixtures("qwen3_vl", cf.USUAL_MEDIA, model_name="model_dir")
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +40,11 @@ def hf(model_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("qwen3_vl_media")
-    (root / "a.jpg").write_bytes(make_image(600, 400, "JPEG", seed=1))
-    (root / "b.png").write_bytes(make_image(37, 91, "PNG", seed=2))
-    (root / "c.jpg").write_bytes(make_image(333, 517, "JPEG", seed=3))
-    (root / "d.png").write_bytes(make_image(130, 45, "PNG", seed=4))
-    (root / "v.mp4").write_bytes(make_video(320, 180, fps=10, seconds=3.0))
-    return root
+def mixed(model_dir: Path, media: Path) -> cf.Checked:
+    """Image, video, image in that prompt order."""
+    line = {"request_id": "mixed", "prompt": f"First {IMG}, then{VID}\nlast {IMG}",
+            "images": ["a.jpg", "b.png"], "videos": [VIDEO_NFRAMES]}
+    return cf.check_request(model_dir, FAMILY, line, media)
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +61,6 @@ def merging_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     spec["model"]["merges"].insert(0, [":", "<"])
     path.write_text(json.dumps(spec))
     return out
-
-
-def _run_ids(checked: Any, ids: list[int]) -> dict[str, Any]:
-    """ray-mm on ``ids`` (skip_tokenizer_init) with the checked request's media."""
-    base = {k: v for k, v in checked.line.items() if k not in ("prompt", "messages")}
-    return checked.pre.run({**base, "request_id": "ids", "input_ids": ids, "skip_tokenizer_init": True}).record
-
-
-def _assert_400(record: dict[str, Any], *words: str) -> None:
-    assert record["ok"] is False, record
-    err = record["error"]
-    assert err["status"] == 400 and err["type"] == "AlignmentError", err
-    for word in words:
-        assert word in err["message"], err["message"]
 
 
 def _timestamps(checked: Any) -> list[str]:
@@ -113,27 +85,9 @@ def test_registered_and_takes_video_metadata(model_dir: Path) -> None:
 def test_encoder_yields_one_embedding_per_placeholder_token(model_dir: Path, hf: Any) -> None:
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 
-    adapter = Qwen3VLAdapter(model_dir)
-    torch.manual_seed(0)
-    encoder = adapter.build_encoder()
-    assert type(encoder).__name__ == "Qwen3VLVisionModel"
-    rng = np.random.default_rng(5)
-    images = [rng.integers(0, 255, (97, 131, 3), dtype=np.uint8), rng.integers(0, 255, (60, 44, 3), dtype=np.uint8)]
-    items = [adapter.process("image", im)[0] for im in images]
     meta = {"fps": 10.0, "total_num_frames": 40, "frames_indices": [0, 13, 26, 39], "duration": 4.0}
-    items += adapter.process("video", rng.integers(0, 255, (4, 90, 120, 3), dtype=np.uint8), {"video_metadata": meta})
-    for item in items:
-        emb = adapter.encode(encoder, {k: torch.from_numpy(v) for k, v in item.features.items()})
-        assert emb.shape == (item.num_tokens, adapter.config.vision_config.out_hidden_size)
-        assert torch.isfinite(emb).all()
-    model = Qwen3VLModel(adapter.config).eval()
-    model.visual.load_state_dict(encoder.state_dict())
-    ref = hf(text=[IMG + IMG], images=images, return_tensors="pt")
-    with torch.inference_mode():
-        expected = model.get_image_features(ref["pixel_values"], ref["image_grid_thw"]).pooler_output
-    for item, exp in zip(items[:2], expected, strict=True):
-        got = adapter.encode(encoder, {k: torch.from_numpy(v) for k, v in item.features.items()})
-        torch.testing.assert_close(got, exp, atol=1e-4, rtol=1e-4)
+    encoder = cf.check_vision_tower(Qwen3VLAdapter(model_dir), hf, Qwen3VLModel, {"video_metadata": meta})
+    assert type(encoder).__name__ == "Qwen3VLVisionModel"
 
 
 def test_video_expansion_is_the_processors_replacement(model_dir: Path, hf: Any) -> None:
@@ -155,53 +109,34 @@ def test_video_expansion_is_the_processors_replacement(model_dir: Path, hf: Any)
 
 
 def test_one_image(model_dir: Path, media: Path) -> None:
-    checked = check_request(model_dir, FAMILY, {"request_id": "one", "prompt": f"Describe {IMG}.", "images": ["a.jpg"]}, media)
+    checked = cf.check_request(model_dir, FAMILY, {"request_id": "one", "prompt": f"Describe {IMG}.", "images": ["a.jpg"]}, media)
     assert checked.record["path"] == "fast" and checked.record["items"][0]["num_tokens"] == 228
 
 
 def test_several_images_of_odd_sizes(model_dir: Path, media: Path) -> None:
-    line = {"request_id": "odd", "prompt": f"{IMG}\n{IMG} and\n{IMG}{IMG}\nwhich?",
-            "images": ["b.png", "c.jpg", "d.png", "a.jpg"]}
-    check_request(model_dir, FAMILY, line, media)
+    cf.check_several_images(model_dir, FAMILY, media, ["b.png", "c.jpg", "d.png", "a.jpg"])
 
 
-def test_image_video_image_in_prompt_order(model_dir: Path, media: Path) -> None:
-    line = {"request_id": "mixed", "prompt": f"First {IMG}, then{VID}\nlast {IMG}",
-            "images": ["a.jpg", "b.png"], "videos": [VIDEO_NFRAMES]}
-    checked = check_request(model_dir, FAMILY, line, media)
-    assert [i["modality"] for i in checked.record["items"]] == ["image", "video", "image"]
-    assert len(checked.record["items"][1]["offsets"]) == 2  # one run per temporal group
-    check_legacy_roundtrip(checked)
+def test_image_video_image_in_prompt_order(mixed: cf.Checked) -> None:
+    assert [i["modality"] for i in mixed.record["items"]] == ["image", "video", "image"]
+    assert len(mixed.record["items"][1]["offsets"]) == 2  # one run per temporal group
+    cf.check_legacy_roundtrip(mixed)
 
 
 @pytest.mark.parametrize(("entry", "stamps"), [(VIDEO_NFRAMES, ["0.5", "2.4"]), (VIDEO_FPS, ["0.3", "1.4", "2.6"])],
                          ids=["nframes", "fps"])
 def test_video_alone(model_dir: Path, media: Path, entry: dict[str, Any], stamps: list[str]) -> None:
     line = {"request_id": "vid", "prompt": f"What happens in {VID}?", "videos": [entry]}
-    checked = check_request(model_dir, FAMILY, line, media)
+    checked = cf.check_request(model_dir, FAMILY, line, media)
     assert _timestamps(checked) == stamps  # the source fps and sampled indices, not the 24 fps fallback
-    check_legacy_roundtrip(checked)
+    cf.check_legacy_roundtrip(checked)
 
 
-def test_chat_messages(model_dir: Path, media: Path, hf: Any) -> None:
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [
-            {"type": "video_url", "video_url": {"url": "v.mp4", "fps": 2.0}},
-            {"type": "text", "text": "and"},
-            {"type": "image_url", "image_url": {"url": "c.jpg"}},
-            {"type": "text", "text": "\ncompare"},
-        ]},
-    ]
-    hf_messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "and"}, {"type": "image"},
-                                     {"type": "text", "text": "\ncompare"}]},
-    ]
-    hf_text = hf.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True)
-    checked = check_request(model_dir, FAMILY, {"request_id": "chat", "messages": messages}, media, hf_text=hf_text)
+def test_chat_messages(model_dir: Path, media: Path) -> None:
+    messages = cf.chat(("system", "Be brief."), ("user", {"video": VIDEO_FPS}, "and", {"image": "c.jpg"}, "\ncompare"))
+    checked, _ = cf.check_chat(model_dir, FAMILY, messages, media)
     assert [i["modality"] for i in checked.record["items"]] == ["video", "image"]
-    check_legacy_roundtrip(checked)
+    cf.check_legacy_roundtrip(checked)
 
 
 @pytest.mark.parametrize("prompt", [
@@ -213,7 +148,7 @@ def test_chat_messages(model_dir: Path, media: Path, hf: Any) -> None:
 def test_placeholders_against_text(model_dir: Path, media: Path, prompt: str) -> None:
     line = {"request_id": "edge", "prompt": prompt, "videos": [VIDEO_NFRAMES],
             "images": ["d.png"] if "image_pad" in prompt else []}
-    checked = check_request(model_dir, FAMILY, line, media)
+    checked = cf.check_request(model_dir, FAMILY, line, media)
     assert checked.record["path"] == "fast"
 
 
@@ -233,7 +168,7 @@ def test_tokenization_boundary_needs_the_text_splice(merging_dir: Path, media: P
 
     monkeypatch.setattr(pipeline_module, "align_by_text", spy)
     line = {"request_id": "colon", "prompt": "Look:<|video_pad|> now", "videos": [VIDEO_NFRAMES]}
-    checked = check_request(merging_dir, FAMILY, line, media)
+    checked = cf.check_request(merging_dir, FAMILY, line, media)
     assert calls == ["colon"] and merged in checked.hf_ids
     # Splicing ids there would have been wrong: ":" and "<" where HF has ":<".
     prepared = checked.pre.prepare(checked.line)
@@ -242,7 +177,7 @@ def test_tokenization_boundary_needs_the_text_splice(merging_dir: Path, media: P
     assert in_id_space.input_ids != checked.hf_ids and merged not in in_id_space.input_ids
     # With the placeholder wrapped in <|vision_start|> (the chat template's form) ids are spliced directly.
     calls.clear()
-    check_request(merging_dir, FAMILY, {**line, "prompt": f"Look:{VID} now"}, media)
+    cf.check_request(merging_dir, FAMILY, {**line, "prompt": f"Look:{VID} now"}, media)
     assert calls == []
 
 
@@ -252,30 +187,30 @@ def test_tokenization_boundary_needs_the_text_splice(merging_dir: Path, media: P
 @pytest.mark.parametrize("how", ["short_run", "text"])
 def test_corrupted_expansion_is_a_400(model_dir: Path, media: Path, how: str) -> None:
     line = {"request_id": "bad", "prompt": f"{VID} then {IMG}", "images": ["b.png"], "videos": [VIDEO_NFRAMES]}
-    checked = check_request(model_dir, FAMILY, line, media)
-    _assert_400(_run_ids(checked, corrupt_first_item(checked, how)), "expected", "video 0")
+    checked = cf.check_request(model_dir, FAMILY, line, media)
+    cf.check_corruptions(checked, (how,), ("expected", "video 0"))
 
 
 def test_corrupted_timestamp_is_a_400(model_dir: Path, media: Path) -> None:
     line = {"request_id": "stamp", "prompt": f"Clip: {VID}", "videos": [VIDEO_NFRAMES]}
-    checked = check_request(model_dir, FAMILY, line, media)
+    checked = cf.check_request(model_dir, FAMILY, line, media)
     (first, second) = checked.record["items"][0]["offsets"]
     tok = checked.pre.adapter.tokenizer
     ids = list(checked.hf_ids)
     # The second group's "<2.4 seconds>": change its first digit.
     digit = next(p for p in range(first[1] + 1, second[0]) if tok.convert_ids_to_tokens(ids[p]).isdigit())
     ids[digit] = tok.convert_tokens_to_ids("9" if tok.convert_ids_to_tokens(ids[digit]) != "9" else "8")
-    _assert_400(_run_ids(checked, ids), "expected token", f"differs at {digit}")
+    cf.assert_alignment_error(cf.run_ids(checked, "stamp", ids), "expected token", f"differs at {digit}")
 
 
-def test_count_mismatch_both_ways_is_a_400(model_dir: Path, media: Path) -> None:
-    pre = Preprocessor(model_dir, config_for(media))
-    video = dict(VIDEO_NFRAMES, url=str(media / "v.mp4"))
-    too_many = pre.run({"request_id": "many", "prompt": f"{VID} {IMG} {VID}", "images": [str(media / "a.jpg")],
-                        "videos": [video]})
-    _assert_400(too_many.record, "video")
-    too_few = pre.run({"request_id": "few", "prompt": f"{VID} only", "videos": [video, video]})
-    _assert_400(too_few.record, "video")
+def test_count_mismatch_both_ways_is_a_400(mixed: cf.Checked) -> None:
+    a, _ = mixed.line["images"]
+    (video,) = mixed.line["videos"]
+    # One video placeholder too many (for one video), and one too few (for two): the message names the videos.
+    cf.assert_alignment_error(cf.rerun(mixed, "many", prompt=f"{VID} {IMG} {VID}", images=[a]), "video")
+    cf.assert_alignment_error(cf.rerun(mixed, "few", prompt=f"{VID} only", images=[], videos=[video, video]), "video")
     # Bare placeholders after text take the text splice; it counts too.
-    too_few_bare = pre.run({"request_id": "few-bare", "prompt": "a:<|video_pad|>", "videos": [video, video]})
-    _assert_400(too_few_bare.record, "video")
+    cf.assert_alignment_error(cf.rerun(mixed, "few-bare", prompt="a:<|video_pad|>", images=[], videos=[video, video]), "video")
+    # The whole request (image, video, image) with one video placeholder more or less, as a prompt and as ids.
+    prompt = mixed.line["prompt"]
+    cf.check_count_mismatches(mixed, (prompt + VID, prompt.replace(VID, "")), modality="video", phrases=("video",))

@@ -117,3 +117,20 @@ def test_npy_declaring_more_data_than_it_carries_is_400(qwen2_vl_dir: Path) -> N
     rec = Preprocessor(qwen2_vl_dir).run({"request_id": "hdr", "prompt": IMG, "images": [payload]}).record
     assert rec["error"]["type"] == "RequestError" and rec["error"]["status"] == 400, rec
     assert "image 0 of request hdr" in rec["error"]["message"] and "declares" in rec["error"]["message"]
+
+
+def test_precomputed_items_of_structured_families_are_refused(family_dir) -> None:  # type: ignore[no-untyped-def]
+    """A precomputed item is aligned as one run: a Qwen3-VL video (timestamped groups) or a MiniCPM-V image
+    (slices) would get wrong ids silently, so they are refused at admission with a 400."""
+    from ray_mm.pipeline import Preprocessor
+
+    payload = {"format": "processor_output", "pixel_values_videos": np.zeros((8, 1536), np.float32),
+               "video_grid_thw": [[2, 2, 2]]}
+    pre = Preprocessor(family_dir("qwen3_vl"))
+    rec = pre.run({"request_id": "pv", "prompt": "<|vision_start|><|video_pad|><|vision_end|>", "videos": [payload]}).record
+    assert not rec["ok"] and rec["error"]["status"] == 400 and "precomputed video" in rec["error"]["message"]
+    image = {"format": "processor_output", "pixel_values": np.zeros((4, 1536), np.float32), "image_grid_thw": [[1, 2, 2]]}
+    ok = pre.run({"request_id": "pi", "prompt": "<|vision_start|><|image_pad|><|vision_end|>", "images": [image]}).record
+    assert ok["ok"], ok  # a Qwen3-VL image is one run: accepted
+    mini = Preprocessor(family_dir("minicpmv4_6")).run({"request_id": "pm", "prompt": "<|image_pad|>", "images": [image]}).record
+    assert not mini["ok"] and mini["error"]["status"] == 400
