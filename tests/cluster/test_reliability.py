@@ -134,3 +134,33 @@ def test_consumer_slower_than_its_lease_runs_each_request_once(
     assert stats["counters"].get("lease_expired", 0) == 0
     assert stats["counters"].get("stale_ack", 0) == 0
     assert stats["counters"].get("lease_renewals", 0) > 0
+
+
+def test_restarted_gpu_worker_gives_back_its_dead_predecessors_leases(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str]
+) -> None:
+    """A GPU worker killed mid-consume: its restarted process hands the leases of the dead one back at once
+    (no wait for lease_s, which is long here), and every request still gets exactly one record."""
+    import os
+    import signal
+
+    import ray
+
+    _, base = served
+    lines = [{"request_id": f"k{k}", "prompt": f"{IMG}", "images": [f"{base}/ok{k}.jpg"]} for k in range(4)]
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="noop", consumer_delay_s=3.0, pull_batch_size=2, lease_s=120)
+    with Pool(str(model_dir), _config(), cfg) as pool:
+        for line in lines:
+            pool.submit(line)
+        deadline = time.monotonic() + 60
+        while not ray.get(pool.coordinator.stats.remote())["lease_holders"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        held = ray.get(pool.coordinator.stats.remote())["lease_holders"]
+        assert held, "no request was pulled"
+        os.kill(pool.stats()["gpu_workers"][0]["pid"], signal.SIGKILL)
+        records = list(pool.results(timeout_s=90))
+        counters = pool.stats()["counters"]
+    assert sorted(r["request_id"] for r in records) == sorted(line["request_id"] for line in lines)
+    assert all(r["ok"] for r in records)
+    assert counters.get("leases_released", 0) >= 1
+    assert counters.get("lease_expired", 0) == 0  # given back, not waited out (lease_s is 120 s)
