@@ -42,9 +42,10 @@ def write_media(directory: str | Path, variants: int = 3) -> dict[str, list[str]
 
 
 @contextmanager
-def serve_directory(directory: str | Path) -> Iterator[str]:
-    """Serve ``directory`` over HTTP on 127.0.0.1 (ephemeral port); yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+def serve_directory(directory: str | Path, handler_class: type[http.server.SimpleHTTPRequestHandler] | None = None) -> Iterator[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1 (ephemeral port); yields the base URL. ``handler_class``
+    (default: a quiet file handler) lets tests serve misbehaving responses on other paths."""
+    handler = functools.partial(handler_class or _QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

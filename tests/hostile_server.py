@@ -9,15 +9,12 @@ test can hang on it.
 
 from __future__ import annotations
 
-import functools
 import http.server
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from ray_mm.demo import serve_directory
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -50,18 +47,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def hostile_server(directory: str, interval_s: float = 0.25, max_hold_s: float = 30.0) -> Iterator[str]:
-    """Serve on 127.0.0.1 (ephemeral port); yields the base URL."""
-    handler = functools.partial(
-        type("Handler", (_Handler,), {"interval_s": interval_s, "max_hold_s": max_hold_s}), directory=directory
-    )
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def hostile_server(directory: str, interval_s: float = 0.25, max_hold_s: float = 30.0) -> AbstractContextManager[str]:
+    """Serve on 127.0.0.1 (ephemeral port); the context yields the base URL."""
+    handler = type("Handler", (_Handler,), {"interval_s": interval_s, "max_hold_s": max_hold_s})
+    return serve_directory(directory, handler)
