@@ -22,6 +22,7 @@ import numpy as np
 import ray
 
 from actors import metrics
+from ray_mm.engine_consumer import EngineConsumer, parse_consumer
 from ray_mm.pool_config import PoolConfig
 from ray_mm.staging import HostStaging
 
@@ -41,14 +42,12 @@ class VisionTowerConsumer:
         self.torch = torch
 
     def __call__(self, request: Any, features: list[dict[str, Any]]) -> int:
-        rows = 0
+        return sum(int(e.shape[0]) for e in self.embed(features))
+
+    def embed(self, features: list[dict[str, Any]]) -> list[Any]:
+        """Each item's ``(num_tokens, hidden)`` embeddings; a precomputed_embedding item's are its own."""
         with self.torch.inference_mode():
-            for item in features:
-                if "embedding" in item:  # precomputed_embedding: already the encoder's output
-                    rows += int(item["embedding"].shape[0])
-                else:
-                    rows += int(self.adapter.encode(self.module, item).shape[0])
-        return rows
+            return [item["embedding"] if "embedding" in item else self.adapter.encode(self.module, item) for item in features]
 
 
 class _FeaturesUnavailable(Exception):
@@ -100,8 +99,15 @@ class GpuWorker:
         from ray_mm.models import load_adapter
 
         self.adapter = load_adapter(model_dir, adapter)
-        if self.cfg.consumer == "vision_tower":
-            self.consumer: Any = VisionTowerConsumer(model_dir, adapter, self.device)
+        self.engine: EngineConsumer | None = None
+        engine = parse_consumer(self.cfg.consumer)
+        if engine is not None:  # "sglang:module:fn" and friends: the engine's own form, to the user's function
+            form, target = engine
+            tower = VisionTowerConsumer(model_dir, adapter, self.device) if form != "sglang" else None
+            self.engine = EngineConsumer(form, target, self.adapter, tower)
+            self.consumer: Any = None
+        elif self.cfg.consumer == "vision_tower":
+            self.consumer = VisionTowerConsumer(model_dir, adapter, self.device)
         elif self.cfg.consumer in ("noop", "digest"):
             self.consumer = _noop_consumer  # not called: see _consume
         else:
@@ -232,7 +238,11 @@ class GpuWorker:
         else:
             # uint8 transport is normalised here, on the device (identity for float32 transport).
             tensors = [self.adapter.finish_features(item) for item in self._to_device(items)]
-            embeddings = self.consumer(request, tensors)
+            engine_answer = None
+            if self.engine is not None:
+                embeddings, engine_answer = self.engine(request.record, tensors)
+            else:
+                embeddings = self.consumer(request, tensors)
         if self.cfg.consumer_delay_s:
             time.sleep(self.cfg.consumer_delay_s)
         self.consumed += 1
@@ -248,6 +258,8 @@ class GpuWorker:
         }
         if self.cfg.consumer == "digest":
             summary["feature_digests"] = [feature_digest(item) for item in items]
+        if self.engine is not None:
+            summary["engine"] = {"form": self.engine.form, "answer": engine_answer}
         if embeddings != request.placeholder_tokens:
             summary["error"] = {
                 "type": "AlignmentError",

@@ -24,11 +24,12 @@ from .align import SpliceRequired, align, align_by_text
 from .buffers import active_arena
 from .cache import FeatureCache
 from .config import RayMMConfig
-from .errors import InternalError, MediaLimitError, MediaUnsupportedError, MMError, RequestError, describe_source
+from .errors import AlignmentError, InternalError, MediaLimitError, MediaUnsupportedError, MMError, RequestError, describe_source
 from .media import DecodedMedia, DecodedVideo, MediaLoader, is_precomputed
 from .media.loader import FetchedMedia
 from .models import ModelAdapter, load_adapter
 from .precomputed import payload_nbytes, precomputed_features
+from .precomputed_bundle import bundle_size_hint, split_bundles
 from .request import parse_request, request_id_of
 from .types import MODALITIES, Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
 
@@ -42,6 +43,8 @@ class Prepared:
     request: ParsedRequest
     input_ids: list[int]
     timings: dict[str, float] = field(default_factory=dict)
+    # (modality, index) -> the runs an engine dict's offsets gave that item: alignment must find it there.
+    given_runs: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict)
 
 
 class Preprocessor:
@@ -82,7 +85,28 @@ class Preprocessor:
         self._check_video_entries(req, chat=isinstance(line, dict) and "messages" in line)
         self._check_precomputed_bytes(req)
         ids = req.input_ids if req.input_ids is not None else self.adapter.tokenize(req.prompt or "")
-        return Prepared(req, ids, {"tokenize_s": time.perf_counter() - t0})
+        given_runs = self._split_precomputed(req, ids)
+        return Prepared(req, ids, {"tokenize_s": time.perf_counter() - t0}, given_runs)
+
+    def _split_precomputed(self, req: ParsedRequest, ids: list[int]) -> dict[tuple[str, int], list[tuple[int, int]]]:
+        """Engine dicts (SGLang's one dict per modality) into one entry per item; an item without offsets
+        is aligned as one run of its tokens, which only adapters whose items are one run accept."""
+        if not any(is_precomputed(spec.source) for spec in req.items()):
+            return {}
+        merge = getattr(self.adapter, "merge_size", None)
+        given_runs = split_bundles(req, ids, frozenset(self.adapter.feature_token_ids.values()), int(merge) if merge else None)
+        n_items = len(req.items())
+        if n_items > self.config.media.max_items_per_request:
+            raise MediaLimitError(
+                f"request {req.request_id}: {n_items} media items, over the cap of {self.config.media.max_items_per_request}"
+            )
+        for spec in req.items():
+            if is_precomputed(spec.source) and spec.given is None and spec.modality not in self.adapter.precomputed_modalities:
+                # Aligned as one run of its tokens: wrong for a family whose items expand into structures
+                # (timestamps, slices, tiles), so it is refused, not guessed. Offsets say where its runs are.
+                raise RequestError(f"{spec.label}: precomputed {spec.modality} features without 'offsets' are not accepted by "
+                                   f"adapter {self.adapter.name!r} (its items expand into more than one run of tokens)")
+        return given_runs
 
     def _check_video_entries(self, req: ParsedRequest, chat: bool) -> None:
         """A frame-expanding adapter takes videos among the images unless it places ``videos`` entries itself.
@@ -104,19 +128,25 @@ class Preprocessor:
         cap = self.config.media.max_precomputed_bytes
         for spec in req.items():
             if is_precomputed(spec.source):
-                if spec.modality not in self.adapter.precomputed_modalities:
-                    # A precomputed item is aligned as one run of its tokens: wrong for a family whose items
-                    # expand into structures (timestamps, slices, tiles), so it is refused, not guessed.
-                    raise RequestError(f"{spec.label}: precomputed {spec.modality} features are not accepted by adapter "
-                                       f"{self.adapter.name!r} (its items expand into more than one run of tokens)")
-                nbytes = payload_nbytes(spec.source)
-                if nbytes > cap:
+                # Before any array is read; a dict holding several items may hold the cap for each.
+                nbytes, n = payload_nbytes(spec.source), bundle_size_hint(spec.source)
+                if nbytes > cap * n:
                     raise MediaLimitError(
                         f"{spec.label}: precomputed arrays of about {nbytes} bytes, over the cap of {cap} (max_precomputed_bytes)"
+                        + (f" for each of its {n} items" if n > 1 else "")
                     )
 
     def align_request(self, prepared: Prepared, per_spec: list[list[ItemMeta]]) -> Alignment:
         """Align item metadata (one list per spec, in ``request.items()`` order)."""
+        alignment = self._align(prepared, per_spec)
+        for item in alignment.items:
+            runs = prepared.given_runs.get((item.meta.modality, item.meta.index))
+            if runs is not None and [tuple(o) for o in item.offsets] != [tuple(r) for r in runs]:
+                raise AlignmentError(f"{item.meta.modality} {item.meta.index} of request {prepared.request.request_id}: "
+                                     f"found at offsets {item.offsets[:2]}..., not at the offsets given {runs[:2]}...")
+        return alignment
+
+    def _align(self, prepared: Prepared, per_spec: list[list[ItemMeta]]) -> Alignment:
         req = prepared.request
         items = group_items(req.items(), per_spec)
         adapter = self.adapter
@@ -241,7 +271,7 @@ class Preprocessor:
         primary = out.features[out.primary]
         meta = ItemMeta(
             modality=out.modality, index=spec.index, num_tokens=out.num_tokens, grid_thw=out.grid_thw, hash=content_hash,
-            feature_shape=[int(x) for x in primary.shape], feature_dtype=str(primary.dtype),
+            feature_shape=[int(x) for x in primary.shape], feature_dtype=str(primary.dtype), expansion=out.expansion,
             timings={"fetch_s": 0.0, "decode_s": 0.0, "process_s": time.perf_counter() - t0},
         )
         return ProcessedItem(meta=meta, features=out.features, primary=out.primary)

@@ -81,8 +81,10 @@ class PoolConfig(BaseModel):
         default="vision_tower",
         description="GPU-side consumer: 'vision_tower' (the model's encoder from config.json), 'noop' (features "
         "read, nothing run on them, not even uint8 normalisation), 'digest' "
-        "(noop plus a sha256 per item's features in the record, for checks), or 'module:function' for an engine's "
-        "own step.",
+        "(noop plus a sha256 per item's features in the record, for checks), 'module:function' for an engine's "
+        "own step (called with the request and its items' feature tensors), or an engine hand-off "
+        "'sglang:module:function' / 'sglang-embeds:module:function' / 'vllm:module:function': the function gets "
+        "the request in that engine's own form (ray_mm.handoff; the embedding forms run the model's encoder here).",
     )
     consumer_delay_s: float = Field(default=0.0, ge=0, description="Extra sleep per consumed request (tests of backpressure).")
     min_pool_wait_s: float = Field(default=60.0, gt=0, description="How long to wait for the minimum pool to be placed.")

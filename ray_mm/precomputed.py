@@ -3,9 +3,14 @@
 ``{"format": "processor_output", <processor output names>: array, ...}``: the
 item's processor outputs (e.g. ``pixel_values`` + ``image_grid_thw``); the token
 count comes from them the way the processor would count it.
-``{"format": "precomputed_embedding", "embedding": array}``: the vision/audio
-embeddings themselves, one row per placeholder token; the GPU worker passes them
-through instead of running the encoder.
+``{"format": "precomputed_embedding", "feature": array, <other processor outputs>}``
+(SGLang's form; ``embedding`` is accepted for ``feature``): the vision/audio embeddings
+themselves, one row per placeholder token, with the item's other processor outputs
+(its grid, ``second_per_grid_ts``, ...) kept beside them; the GPU worker passes them
+through instead of running the encoder. An item carries them as ``embedding``.
+
+One dict holding several items, with ``offsets`` / ``hash`` / ``pad_value`` (SGLang's
+per-modality form), is split into items first: :mod:`ray_mm.precomputed_bundle`.
 
 Arrays may be nested lists, numpy arrays (in process), or ``{"npy": base64}``
 (the bytes of ``numpy.save``). :func:`payload_nbytes` sizes a payload without
@@ -81,7 +86,8 @@ def _load_npy(raw: bytes, name: str, label: str) -> np.ndarray:
     return np.load(io.BytesIO(raw), allow_pickle=False)
 
 
-def _array(value: Any, name: str, label: str) -> np.ndarray:
+def as_array(value: Any, name: str, label: str) -> np.ndarray:
+    """``value`` (nested lists, a numpy array, or ``{"npy": base64}``) as a numeric array; 400 if it is not one."""
     try:
         if isinstance(value, np.ndarray):
             return value
@@ -97,23 +103,41 @@ def _array(value: Any, name: str, label: str) -> np.ndarray:
     return arr.astype(np.float32) if arr.dtype == np.float64 else arr
 
 
+# Keys of an engine's dict that describe items rather than hold arrays (SGLang's metadata, ray-mm's hints).
+METADATA_KEYS = frozenset({"format", "modality", "offsets", "hash", "pad_value", "input_ids", "ray_mm"})
+
+
 def precomputed_features(spec: MediaSpec, merge_size: int | None) -> tuple[ItemFeatures, str]:
-    """Validate a precomputed entry; returns the item's features and its content hash."""
-    payload, label, modality = spec.source, spec.label, spec.modality
+    """Validate a precomputed entry; returns the item's features and its content hash.
+
+    For an item split out of an engine's dict (``spec.given``), the token count is its offsets'
+    (checked against what its arrays imply, where they imply one), its expansion the ids at its
+    offsets, and its hash the one the dict gave, if any."""
+    payload, label, modality, given = spec.source, spec.label, spec.modality, spec.given or {}
     fmt = payload.get("format")
-    arrays = {k: _array(v, k, label) for k, v in payload.items() if k != "format"}
+    arrays = {k: as_array(v, k, label) for k, v in payload.items() if k not in METADATA_KEYS}
+    if "feature" in arrays:  # SGLang's name for the embeddings
+        if "embedding" in arrays or fmt != "precomputed_embedding":
+            raise RequestError(f"{label}: 'feature' is the embeddings of a precomputed_embedding (give it once)")
+        arrays["embedding"] = arrays.pop("feature")
     if fmt == "precomputed_embedding":
-        if set(arrays) - {"embedding", GRID.get(modality, "")}:
-            raise RequestError(f"{label}: a precomputed_embedding takes 'embedding' (and optionally a grid) only")
         emb = arrays.get("embedding")
         if emb is None or emb.ndim != 2:
-            raise RequestError(f"{label}: 'embedding' must be a 2-D array (tokens, hidden)")
-        item = ItemFeatures(modality, {"embedding": emb}, "embedding", int(emb.shape[0]), _grid(arrays, modality))
+            raise RequestError(f"{label}: a precomputed_embedding needs 'feature' (or 'embedding'), a 2-D array (tokens, hidden)")
+        primary, counted = "embedding", int(emb.shape[0])
     else:
         primary = PRIMARY[modality]
         if primary not in arrays:
             raise RequestError(f"{label}: processor_output for {modality} needs '{primary}'")
-        item = ItemFeatures(modality, arrays, primary, _count_tokens(modality, arrays, merge_size, label), _grid(arrays, modality))
+        counted = None if "num_tokens" in given else _count_tokens(modality, arrays, merge_size, label)
+        if "num_tokens" in given and _countable(modality, arrays, merge_size):
+            counted = _count_tokens(modality, arrays, merge_size, label)
+    num_tokens = int(given.get("num_tokens", counted))
+    if counted is not None and counted != num_tokens:
+        raise RequestError(f"{label}: its offsets cover {num_tokens} tokens but its arrays make {counted}")
+    item = ItemFeatures(modality, arrays, primary, num_tokens, _grid(arrays, modality), given.get("expansion"))
+    if given.get("hash"):
+        return item, str(given["hash"])
     digest = hashlib.sha256()
     for key in sorted(arrays):
         arr = np.ascontiguousarray(arrays[key])
@@ -125,6 +149,13 @@ def precomputed_features(spec: MediaSpec, merge_size: int | None) -> tuple[ItemF
 def _grid(arrays: dict[str, np.ndarray], modality: str) -> list[int] | None:
     grid = arrays.get(GRID.get(modality, ""))
     return [int(x) for x in np.asarray(grid).reshape(-1)[:3]] if grid is not None else None
+
+
+def _countable(modality: str, arrays: dict[str, np.ndarray], merge_size: int | None) -> bool:
+    """Whether the arrays alone tell the item's token count (a grid family's grid)."""
+    # Audio counts are family-specific (the mask formula below is Qwen2-Audio's): an item with offsets
+    # keeps its offsets' count.
+    return modality in GRID and GRID[modality] in arrays and merge_size is not None
 
 
 def _count_tokens(modality: str, arrays: dict[str, np.ndarray], merge_size: int | None, label: str) -> int:

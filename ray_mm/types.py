@@ -24,6 +24,9 @@ class MediaSpec:
     source: Any  # str (URL, data: URI, path), bytes, PIL image, numpy array, or a precomputed-feature dict
     options: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
+    # For one item split out of an engine's per-modality dict (``ray_mm.precomputed_bundle``): what the
+    # dict said of it (``expansion`` from its offsets, ``num_tokens``, ``hash``, ``runs``); None otherwise.
+    given: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -148,12 +151,22 @@ class AlignedItem:
     meta: ItemMeta
     offsets: list[tuple[int, int]]  # inclusive (start, end) runs in input_ids
 
+    def span(self) -> list[int]:
+        """Inclusive ``[start, end]`` of the ids that replaced the item's compact placeholder (its whole
+        expansion: runs and the text between and around them). Collapsing each span back into one
+        placeholder token gives the compact ids an engine that expands prompts itself (vLLM) takes."""
+        exp = self.meta.expansion
+        lead = len(exp.texts[0]) if exp is not None else 0
+        trail = len(exp.texts[-1]) if exp is not None else 0
+        return [self.offsets[0][0] - lead, self.offsets[-1][1] + trail]
+
     def to_record(self) -> dict[str, Any]:
         m = self.meta
         rec: dict[str, Any] = {
             "modality": m.modality,
             "index": m.index,
             "offsets": [list(o) for o in self.offsets],
+            "span": self.span(),
             "num_tokens": m.num_tokens,
             "grid_thw": m.grid_thw,
             "feature_shape": m.feature_shape,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import ray
 
@@ -257,3 +258,49 @@ def test_structured_families_pool_equals_align_and_encoders_fill_every_token(
         consumer = got[rid]["consumer"]
         assert "error" not in consumer, consumer
         assert consumer["embeddings"] == sum(1 for t in got[rid]["input_ids"] if t in feature_ids)
+
+
+@pytest.mark.parametrize("form", ["sglang", "vllm"])
+def test_engine_consumers_hand_off_in_the_engines_form(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str], config: RayMMConfig, form: str
+) -> None:
+    """The GPU worker's built-in engine consumers: the user's function gets each request in the
+    engine's form (``ray_mm.handoff``), with the M-RoPE positions; the SGLang form equals the one built
+    in process from the same request's features; vLLM's carries the encoder's embeddings."""
+    from ray_mm import handoff
+    from tests.cluster.handoff_sink import SINK, Sink
+
+    media, base = served
+    sink = Sink.options(name=SINK).remote()
+    line = {"request_id": f"handoff-{form}", "prompt": f"{IMG} then {VID}", "images": [f"{base}/shape.png"],
+            "videos": [f"{base}/clip.mp4"]}
+    outcome = Preprocessor(model_dir, config).run(line)
+    try:
+        cfg = PoolConfig(cpu_workers=1, gpu_workers=1, consumer=f"{form}:tests.cluster.handoff_sink:keep")
+        with Pool(str(model_dir), config, cfg) as pool:
+            (rec,) = list(pool.run([(line["request_id"], line)]))
+        (payload,) = ray.get(sink.take.remote())
+    finally:
+        ray.kill(sink)
+    assert rec["ok"], rec
+    assert rec["consumer"]["engine"] == {"form": form, "answer": {"seen": 2}}
+    extras = payload["ray_mm"]
+    assert extras["request_id"] == line["request_id"] and extras["mrope_positions"].shape == (3, len(rec["input_ids"]))
+    if form == "sglang":
+        expected = handoff.to_sglang(outcome.record, outcome.item_features)
+        assert payload["input_ids"] == expected["input_ids"] == rec["input_ids"]
+        for key in ("image_data", "video_data"):
+            (ours,), (theirs,) = payload[key], expected[key]
+            assert set(ours) == set(theirs)
+            for name, value in theirs.items():
+                if isinstance(value, np.ndarray):
+                    np.testing.assert_array_equal(ours[name], value, err_msg=name)
+                else:
+                    assert ours[name] == value, name
+    else:
+        adapter = load_adapter(model_dir)
+        assert payload["prompt_token_ids"] == adapter.tokenize(line["prompt"])
+        assert payload["multi_modal_uuids"] == {"image": [rec["items"][0]["hash"]], "video": [rec["items"][1]["hash"]]}
+        image = payload["multi_modal_data"]["image"]
+        assert image["image_embeds"].shape[0] == rec["items"][0]["num_tokens"]
+        assert image["image_grid_thw"].tolist() == [rec["items"][0]["grid_thw"]]
