@@ -1,4 +1,5 @@
-"""Coordinator actor: admission, tokenization, dispatch, alignment, ready queue, leases.
+"""Coordinator actor: admission, tokenization, dispatch, alignment, ready queue, leases, and the
+per-request waits of the HTTP front end (``submit_and_wait``, ``health``: ``actors/serve.py``).
 
 It awaits only item *metadata*; feature objects stay in the object store and
 travel as ObjectRefs to the GPU workers. Policy lives in pure classes
@@ -21,6 +22,7 @@ import ray
 from actors import metrics
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError, PoolSaturatedError, RequestError, RequestTimeoutError
+from ray_mm.http_api import FEATURE_REFS_KEY
 from ray_mm.logs import RateLimitedLog
 from ray_mm.pipeline import Prepared, Preprocessor, RequestOutcome, success_record
 from ray_mm.pool_config import PoolConfig
@@ -54,6 +56,18 @@ class _Call:
 
 _WORKER_DIED = object()  # answer of a media call whose worker died
 
+# How long ``submit_and_wait`` waits past the request's own deadline: the coordinator finishes every
+# request at its deadline (504) by itself, so this only bounds a wait whose record was never written.
+WAIT_GRACE_S = 5.0
+
+
+@dataclass
+class _Waiter:
+    """A caller of ``submit_and_wait``: ``_finish`` resolves its future instead of storing the record."""
+
+    future: asyncio.Future[dict[str, Any]]
+    keep_features: bool = False
+
 
 @dataclass
 class _Entry:
@@ -67,6 +81,11 @@ class _Entry:
     stage: str = "dispatch"
     has_slot: bool = False  # holds one of the max_feature_requests slots
     dispatches: int = 0
+
+
+async def _awaited(ref: Any) -> Any:
+    """An ObjectRef as a coroutine (for asyncio.wait_for)."""
+    return await ref
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
@@ -94,6 +113,9 @@ class Coordinator:
         self.inflight: dict[str, _Entry] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.results_changed = asyncio.Condition()
+        # Requests admitted by submit_and_wait: their records go to their own caller, never to take_results.
+        self.waiters: dict[str, _Waiter] = {}
+        self.last_contact: dict[str, float] = {}  # GPU worker -> last pull or renewal (monotonic), for health
         self.incarnation = time.time_ns()
         self.counters: collections.Counter[str] = collections.Counter()
         self.stage_times: dict[str, list[float]] = collections.defaultdict(list)
@@ -402,6 +424,11 @@ class Coordinator:
         else:
             self.counters[f"error:{record['error']['type']}"] += 1
             metrics.error(record["error"]["type"])
+        waiter = self.waiters.pop(rid, None)
+        if waiter is not None:  # its caller awaits it (submit_and_wait): not for take_results
+            if not waiter.future.done():
+                waiter.future.set_result(record)
+            return
         self.results[rid] = record
         async with self.results_changed:
             self.results_changed.notify_all()
@@ -440,6 +467,7 @@ class Coordinator:
         last pull: acknowledging on the next pull saves the coordinator one call per request.
         """
         self._ensure_lease_reaper()
+        self.last_contact[holder] = time.monotonic()
         for request_id, consumer, lease in acks or ():
             await self.ack(holder, request_id, consumer, lease)
         if max_n <= 0:
@@ -476,6 +504,11 @@ class Coordinator:
         record["consumer"] = consumer
         if consumer.get("error"):
             record = {"request_id": request_id, "ok": False, "error": consumer["error"]}
+        waiter = self.waiters.get(request_id)
+        if waiter is not None and waiter.keep_features and record.get("ok"):
+            # The caller borrows the refs through the returned record, which keeps the objects alive
+            # after this request's refs are dropped here.
+            record[FEATURE_REFS_KEY] = list(lease_.payload.feature_refs)
         await self._finish(request_id, record)
         return True
 
@@ -498,6 +531,7 @@ class Coordinator:
         how many were renewed. A GPU worker calls this while it consumes, so a slow consumer keeps
         its requests and only a holder that stopped renewing loses them."""
         now = time.monotonic()
+        self.last_contact[holder] = now
         renewed = sum(1 for request_id, lease in leases if self.leases.renew(request_id, holder, lease, now))
         self.counters["lease_renewals"] += renewed
         return renewed
@@ -557,6 +591,73 @@ class Coordinator:
             out.append(self.results.pop(rid))
         return self.incarnation, out
 
+    # -- online front end (actors/serve.py) --------------------------------------
+    @ray.method(max_task_retries=0)  # not retried by Ray on a restarted coordinator: the caller resubmits itself
+    async def submit_and_wait(
+        self, line: Any, fallback_id: str = "?", timeout_s: float | None = None, keep_features: bool = False
+    ) -> dict[str, Any]:
+        """Admit one request and answer its record, for many concurrent callers each waiting on its own.
+
+        Admission refusals come back as records too (``PoolSaturatedError`` 503, ``RequestError`` 409
+        for an id in flight). The record is never stored for ``take_results``. A caller that gives up
+        (cancelled, or no record ``WAIT_GRACE_S`` past the deadline) cancels its request, so neither
+        the request nor its record outlives the wait. With ``keep_features``, a successful record
+        carries the request's feature refs, ``[(ref to a media call's feature list, position)]`` per
+        item in prompt order, under ``FEATURE_REFS_KEY``.
+        """
+        rid = request_id_of(line, fallback_id)
+        if rid in self.waiters or rid in self.inflight or rid in self.results:
+            # Refused as admission would, but before a waiter is put in place: the one there (if any)
+            # and the request in flight are someone else's.
+            return RequestOutcome.failure(rid, RequestError(
+                f"request {rid}: a request with this id is already in the pool", status=409)).record
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), keep_features)
+        self.waiters[rid] = waiter  # before admission: a request that fails there is finished inside it
+        try:
+            try:
+                await self._admit(line, fallback_id, timeout_s)
+            except MMError as exc:
+                return RequestOutcome.failure(rid, exc).record
+            limit = (self.cfg.request_timeout_s if timeout_s is None else max(0.0, timeout_s)) + WAIT_GRACE_S
+            try:
+                # shield: a timeout here must not cancel the future _finish resolves
+                return await asyncio.wait_for(asyncio.shield(waiter.future), timeout=limit)
+            except asyncio.TimeoutError:
+                self.counters["waiter_timed_out"] += 1
+                logger.error("request %s: no record %g s past its deadline; cancelling it", rid, WAIT_GRACE_S)
+                return RequestOutcome.failure(rid, RequestTimeoutError(
+                    f"request {rid}: no result within {limit:g} s")).record
+        finally:
+            if self.waiters.get(rid) is waiter:  # not finished: refused at admission, timed out, or caller gone
+                if rid in self.inflight:  # ours: the id cannot be admitted twice while in flight
+                    self.counters["waiter_gave_up"] += 1
+                    await self.cancel(rid)  # _finish removes the waiter; the Cancelled record goes nowhere
+                self.waiters.pop(rid, None)
+
+    async def health(self, timeout_s: float = 1.0) -> dict[str, Any]:
+        """Liveness of the pool as the coordinator sees it: media workers that answer a ping within
+        ``timeout_s``, and GPU workers that pulled or renewed leases recently (they pull at least
+        every second when idle and renew every ``lease_s / 3`` while consuming)."""
+        async def ping(worker: Any) -> bool:
+            try:
+                await asyncio.wait_for(_awaited(worker.ready.remote()), timeout=timeout_s)
+                return True
+            except Exception:
+                return False
+
+        alive = await asyncio.gather(*(ping(w) for w in self.workers))
+        now, window = time.monotonic(), self.cfg.lease_s / 3 + 5.0
+        return {
+            "incarnation": self.incarnation,
+            "media_workers": len(self.workers),
+            "media_workers_alive": sum(alive),
+            "gpu_workers": self.cfg.gpu_workers,
+            "gpu_workers_alive": sum(1 for t in self.last_contact.values() if now - t <= window),
+            "inflight": len(self.inflight),
+            "max_inflight_requests": self.cfg.max_inflight_requests,
+            "waiters": len(self.waiters),
+        }
+
     async def cancel(self, request_id: str) -> bool:
         """Finish ``request_id`` with a ``Cancelled`` record, freeing its media calls, slot, queue place,
         lease and feature refs. False if the request is not in flight here."""
@@ -569,6 +670,7 @@ class Coordinator:
 
     def stats(self) -> dict[str, Any]:
         return {
+            "waiters": len(self.waiters),
             "incarnation": self.incarnation,
             "inflight": len(self.inflight),
             "ready": len(self.ready),

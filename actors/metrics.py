@@ -1,4 +1,4 @@
-"""Pool metrics through ``ray.util.metrics`` (names ``ray_mm_*``), created lazily per process."""
+"""Pool and HTTP front-end metrics through ``ray.util.metrics`` (names ``ray_mm_*``), created lazily per process."""
 
 from __future__ import annotations
 
@@ -43,3 +43,11 @@ def queue_depth(queue: str, depth: int) -> None:
 def cache_hit(hit: bool) -> None:
     name = "ray_mm_cache_hits_total" if hit else "ray_mm_cache_misses_total"
     _counter(name, "Media content-hash cache lookups", ()).inc(1)
+
+
+def http_request(route: str, status: int, seconds: float) -> None:
+    """One answered HTTP request of ``ray-mm serve`` (``actors/serve.py``)."""
+    tags = {"route": route, "status": str(status)}
+    _counter("ray_mm_http_requests_total", "HTTP requests answered by ray-mm serve", ("route", "status")).inc(1, tags=tags)
+    _histogram("ray_mm_http_request_seconds", "Time to answer an HTTP request of ray-mm serve", ("route",)).observe(
+        seconds, tags={"route": route})

@@ -1,4 +1,4 @@
-"""The ``ray-mm`` command line: make-model, align, run, bench.
+"""The ``ray-mm`` command line: make-model, align, run, serve, bench.
 
 Mistakes in what the user gave (a model directory that does not exist, a misspelt config key, a
 request file that cannot be read) end as one line on stderr and exit status 2, not a traceback.
@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .runner import add_run_parser
 
     add_run_parser(sub)
+    from .serve_cli import add_serve_parser
+
+    add_serve_parser(sub)
     from .bench import add_bench_parser
 
     add_bench_parser(sub)

@@ -44,10 +44,10 @@ def add_run_parser(sub: Any) -> None:
     run.set_defaults(func=cmd_run)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Exit status 0 when every request got a record (ok or not). What the user gave (configs, model
-    directory, request file, output path) is checked before any cluster starts: a mistake there is
-    a ``UsageError``/``ConfigError`` (one line, exit 2)."""
+def resolve_pool_setup(args: argparse.Namespace) -> tuple[RayMMConfig, PoolConfig, LocalClusterSpec | None]:
+    """The core config, the pool config (``--config``, else the local cluster spec's, with the
+    ``--cpu-workers`` / ``--gpu-workers`` overrides) and, with no ``--address``, the local cluster to
+    start; the model directory checked. Shared by ``run`` and ``serve``."""
     core, pool_cfg = load_pool_config(args.config)
     spec = None
     if not args.address:
@@ -58,6 +58,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("cpu_workers", args.cpu_workers), ("gpu_workers", args.gpu_workers)) if v is not None}
     pool_cfg = pool_cfg.model_copy(update=overrides)
     _check_model(args.model, args.adapter)
+    return core, pool_cfg, spec
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Exit status 0 when every request got a record (ok or not). What the user gave (configs, model
+    directory, request file, output path) is checked before any cluster starts: a mistake there is
+    a ``UsageError``/``ConfigError`` (one line, exit 2)."""
+    core, pool_cfg, spec = resolve_pool_setup(args)
     # Read (and deduplicate) the whole file now: an unreadable file stops the run before the cluster starts.
     lines = list(dedupe(open_requests(args.requests))) if args.requests else None
     try:
