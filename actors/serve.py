@@ -220,11 +220,14 @@ class PreprocessServer:
 def _handoff(fmt: str, record: dict[str, Any], features: list[dict[str, Any]], adapter: Any) -> Any:
     """The engine payload's metadata (arrays as shape/dtype), built by ``ray_mm.handoff``."""
     from ray_mm import handoff
+    from ray_mm.mrope import mrope_positions, mrope_spec_for
 
+    spec = mrope_spec_for(adapter)  # Qwen families: the payload carries M-RoPE positions (described) and delta
+    mrope = mrope_positions(record["input_ids"], record["items"], spec) if spec is not None else None
     if fmt == "sglang":
-        payload = handoff.to_sglang(record, features)
+        payload = handoff.to_sglang(record, features, mrope=mrope)
     else:  # vLLM takes one compact placeholder per item and the encoder's embeddings (described as pending)
-        payload = handoff.to_vllm(record, adapter.placeholder_token_ids)
+        payload = handoff.to_vllm(record, adapter.placeholder_token_ids, mrope=mrope)
     return handoff.describe(payload)
 
 

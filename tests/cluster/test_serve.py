@@ -25,6 +25,7 @@ from ray_mm import handoff, http_api
 from ray_mm.config import MediaPolicy, RayMMConfig
 from ray_mm.demo import serve_directory
 from ray_mm.models import load_adapter, make_model
+from ray_mm.mrope import mrope_positions, mrope_spec_for
 from ray_mm.pipeline import Preprocessor
 from ray_mm.pool_config import PoolConfig
 from ray_mm.synth import make_image
@@ -172,11 +173,15 @@ def test_handoff_metadata(client: httpx.Client, media: str, pre: Preprocessor, m
     r = client.post("/v1/preprocess", params={"format": fmt}, json=line)
     assert r.status_code == 200, r.text
     got = r.json()
+    adapter = load_adapter(model_dir)
+    mrope = mrope_positions(outcome.record["input_ids"], outcome.record["items"], mrope_spec_for(adapter))
     if fmt == "sglang":
-        payload = handoff.to_sglang(outcome.record, outcome.item_features)
+        payload = handoff.to_sglang(outcome.record, outcome.item_features, mrope=mrope)
     else:
-        payload = handoff.to_vllm(outcome.record, load_adapter(model_dir).placeholder_token_ids)
+        payload = handoff.to_vllm(outcome.record, adapter.placeholder_token_ids, mrope=mrope)
     assert got["handoff"] == json.loads(json.dumps(handoff.describe(payload)))
+    extras = got["handoff"]["ray_mm"]  # Qwen2-VL: M-RoPE positions (3 x seq, described) and the delta
+    assert extras["mrope_positions"]["shape"] == [3, len(got["input_ids"])] and extras["mrope_position_delta"] == mrope[1]
     assert "features" not in got
 
 
