@@ -1,9 +1,13 @@
-"""Coordinator actor: admission, tokenization, dispatch, alignment, ready queue, leases, and the
-per-request waits of the HTTP front end (``submit_and_wait``, ``health``: ``actors/serve.py``).
+"""Coordinator actor (one shard of the pool's coordinators): admission, tokenization, dispatch,
+alignment, ready queue, leases, and the per-request waits of the HTTP front end
+(``submit_and_wait``, ``health``: ``actors/serve.py``).
 
 It awaits only item *metadata*; feature objects stay in the object store and
-travel as ObjectRefs to the GPU workers. Policy lives in pure classes
-(``ray_mm.scheduling``); this actor holds the asyncio plumbing and Ray calls.
+travel as ObjectRefs to the GPU workers. Policy and bookkeeping live in pure classes
+(``ray_mm.scheduling``: worker choice, leases, crash counts; ``ray_mm.pool``: ready queue,
+feature slots, deadlines, shard routing); this actor holds the asyncio waits and the Ray calls.
+With ``PoolConfig.coordinators = K`` there are K of these, each holding only the requests whose
+id hashes to it (``ray_mm.pool.shard_of``) and the limits of its share (``shard_config``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import collections
 import gc
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +30,7 @@ from ray_mm.errors import InternalError, MMError, PoolSaturatedError, RequestErr
 from ray_mm.http_api import FEATURE_REFS_KEY
 from ray_mm.logs import RateLimitedLog
 from ray_mm.pipeline import Prepared, Preprocessor, RequestOutcome, success_record
+from ray_mm.pool import Deadlines, FeatureSlots, ReadyQueue
 from ray_mm.pool_config import PoolConfig
 from ray_mm.request import request_id_of
 from ray_mm.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
@@ -97,8 +103,12 @@ class Coordinator:
         pool_config: dict[str, Any],
         adapter: str | None,
         worker_names: list[str],
+        shard: int = 0,
+        name: str | None = None,
     ) -> None:
-        self.cfg = PoolConfig.model_validate(pool_config)
+        self.cfg = PoolConfig.model_validate(pool_config)  # this shard's share (ray_mm.pool.shard_config)
+        self.shard = shard
+        self.name = name  # named in media calls, so slow-fetch reports come back to this shard
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.workers = [ray.get_actor(name) for name in worker_names]
         self.media_tokens = frozenset(self.pre.adapter.feature_token_ids.values())
@@ -107,7 +117,7 @@ class Coordinator:
         self.call_ids = itertools.count()
         self.open_calls: dict[int, _Call] = {}
         self.slot_freed = asyncio.Condition()
-        self.ready: collections.deque[ReadyRequest] = collections.deque()
+        self.ready: ReadyQueue[ReadyRequest] = ReadyQueue(self.cfg.ready_queue_size, key=lambda r: r.request_id)
         self.ready_changed = asyncio.Condition()
         self.leases: LeaseTable[ReadyRequest] = LeaseTable(self.cfg.lease_s)
         self.inflight: dict[str, _Entry] = {}
@@ -120,16 +130,18 @@ class Coordinator:
         self.counters: collections.Counter[str] = collections.Counter()
         self.stage_times: dict[str, list[float]] = collections.defaultdict(list)
         self.items_per_node: collections.Counter[str] = collections.Counter()
-        self.max_ready_seen = 0
         self.refusals_log = RateLimitedLog(logger, logging.WARNING, every_s=10.0)
         self.cpu_s = 0.0
         self.lease_task: asyncio.Task[None] | None = None
-        # Object-store bound: requests holding feature refs (dispatched, not finished).
-        self.feature_slots = asyncio.Semaphore(self.cfg.feature_request_limit())
-        self.slots_used = 0
-        self.max_slots_used = 0
+        self.reaper_wake: asyncio.Event | None = None  # made on the actor's event loop, with the reaper
+        # Object-store bound: requests holding feature refs (dispatched, not finished); waiters are futures.
+        self.slots: FeatureSlots[asyncio.Future[None]] = FeatureSlots(self.cfg.feature_request_limit())
+        self.deadlines = Deadlines()
         if self.cfg.freeze_gc_after_start:
             gc.freeze()  # see PoolConfig.freeze_gc_after_start
+        # Process CPU (every thread: Ray's core worker included) from here on, for stats(): start-up
+        # (imports, the processor) is not what a request costs.
+        self.process_cpu0 = time.process_time()
 
     # -- admission ----------------------------------------------------------
     async def submit(self, line: Any, fallback_id: str = "?", timeout_s: float | None = None) -> str:
@@ -165,6 +177,9 @@ class Coordinator:
         now = time.monotonic()
         entry = _Entry(rid, now, now + (self.cfg.request_timeout_s if timeout_s is None else max(0.0, timeout_s)))
         self.inflight[rid] = entry
+        self.deadlines.add(rid, entry.deadline)
+        if self.reaper_wake is not None:
+            self.reaper_wake.set()
         metrics.queue_depth("inflight", len(self.inflight))
         try:
             prepared = self.pre.prepare(line, fallback_id) if not isinstance(line, MMError) else None
@@ -204,25 +219,63 @@ class Coordinator:
             f"(stage: {entry.stage})")).record
 
     async def _slot_dispatch_align(self, entry: _Entry) -> None:
-        if not entry.has_slot:
-            entry.stage = "feature_slot"
-            await self.feature_slots.acquire()
-            if entry.request_id not in self.inflight:  # finished (cancelled) while waiting
-                self.feature_slots.release()
-                return
-            entry.has_slot = True
-            self.slots_used += 1
-            self.max_slots_used = max(self.max_slots_used, self.slots_used)
+        if not entry.has_slot and not await self._take_slot(entry):
+            return
         assert entry.prepared is not None
         entry.dispatches += 1
         await self._dispatch_and_align(entry, entry.prepared)
 
+    async def _take_slot(self, entry: _Entry) -> bool:
+        """Wait (FIFO) for one of the feature slots; False if the request finished meanwhile (cancelled)."""
+        entry.stage = "feature_slot"
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.slots.acquire(granted):
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.cancelled():  # never handed a slot (a hand-over skips cancelled waiters)
+                    self.slots.cancel(granted)
+                else:  # handed a slot just before the cancel reached this task
+                    self._give_slot_back()
+                raise
+        if entry.request_id not in self.inflight:  # finished (cancelled) while waiting
+            self._give_slot_back()
+            return False
+        entry.has_slot = True
+        return True
+
+    def _give_slot_back(self) -> None:
+        """Free a feature slot: the oldest waiter that still waits gets it."""
+        waiter = self.slots.release()
+        while waiter is not None and waiter.done():  # gave up meanwhile: pass the slot on
+            waiter = self.slots.release()
+        if waiter is not None:
+            waiter.set_result(None)
+
     async def _dispatch_and_align(self, entry: _Entry, prepared: Prepared) -> None:
+        """Dispatch the request's media, collect the metadata, align, build the record, queue it."""
         specs = prepared.request.items()
+        answered = await self._collect(entry, specs)
+        t_cpu = time.thread_time()
+        metas = [answered[s][0] for s in range(len(specs))]
+        errors = [m["error"] for m in metas if "error" in m]
+        if errors:
+            raise errors[0]
+        entry.stage = "align"
+        per_spec = [m["items"] for m in metas]
+        alignment, align_s, refs = self._align(prepared, per_spec, answered.values())
+        record, placeholders = self._record(entry.request_id, prepared, per_spec, alignment, align_s)
+        self.cpu_s += time.thread_time() - t_cpu
+        entry.stage = "ready_queue"
+        await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
+
+    async def _collect(self, entry: _Entry, specs: list[Any]) -> dict[int, tuple[dict[str, Any], Any, int]]:
+        """Dispatch rounds until every spec is answered: per spec its metadata, the ref of its call's
+        feature list, and where its items start in that list. Items of a call whose worker died are
+        counted against and dispatched again (``_count_deaths``)."""
         entry.stage = "dispatch"
         entry.refs, entry.calls = [], []
         crashes = CrashCounts(self.cfg.max_worker_deaths_per_item)
-        # Per spec: its metadata, the ref of its call's feature list, and where its items start in that list.
         answered: dict[int, tuple[dict[str, Any], Any, int]] = {}
         todo = list(range(len(specs)))
         while todo:
@@ -238,21 +291,27 @@ class Coordinator:
                     flat += len(meta.get("items", ()))
             todo.sort()
         entry.calls = []
-        t_cpu = time.thread_time()
-        metas = [answered[s][0] for s in range(len(specs))]
-        errors = [m["error"] for m in metas if "error" in m]
-        if errors:
-            raise errors[0]
+        return answered
+
+    def _align(
+        self, prepared: Prepared, per_spec: list[list[Any]], answered: Any
+    ) -> tuple[Any, float, list[tuple[Any, int]]]:
+        """The alignment, its time, and per aligned item (prompt order) where its features are:
+        ``(ref to its call's feature list, position)``."""
         location: dict[int, tuple[Any, int]] = {}
-        for meta, feat_ref, start in answered.values():
+        for meta, feat_ref, start in answered:
             for k, item in enumerate(meta["items"]):
                 location[id(item)] = (feat_ref, start + k)
-        per_spec = [m["items"] for m in metas]
-        entry.stage = "align"
         t0 = time.perf_counter()
         alignment = self.pre.align_request(prepared, per_spec)
         align_s = time.perf_counter() - t0
-        refs = [location[id(item.meta)] for item in alignment.items]
+        return alignment, align_s, [location[id(item.meta)] for item in alignment.items]
+
+    def _record(
+        self, rid: str, prepared: Prepared, per_spec: list[list[Any]], alignment: Any, align_s: float
+    ) -> tuple[dict[str, Any], int]:
+        """The success record (stage timings summed over items) and the number of placeholder tokens;
+        counts cache hits and items per node."""
         timings = dict(prepared.timings, align_s=align_s)
         for stage in ("fetch_s", "decode_s", "process_s"):
             timings[stage] = sum(m.timings.get(stage, 0.0) for ms in per_spec for m in ms)
@@ -262,12 +321,10 @@ class Coordinator:
                 hit = bool(m.timings.get("cache_hit"))
                 self.counters["cache_hits" if hit else "cache_misses"] += 1
                 metrics.cache_hit(hit)
-        record = success_record(entry.request_id, alignment, timings)
+        record = success_record(rid, alignment, timings)
         # Counted from the ids, not from the items, so the GPU-side check is independent of alignment.
         placeholders = sum(1 for tok in alignment.input_ids if tok in self.media_tokens)
-        self.cpu_s += time.thread_time() - t_cpu
-        entry.stage = "ready_queue"
-        await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
+        return record, placeholders
 
     def _count_deaths(self, entry: _Entry, specs: list[Any], spec_ids: list[int], crashes: CrashCounts) -> list[int]:
         """A media worker died during a call: count it against each of the call's items; the
@@ -300,7 +357,7 @@ class Coordinator:
             call_id = next(self.call_ids)
             self.open_calls[call_id] = _Call(worker, len(spec_ids), exclusive)
             meta_ref, feat_ref = self.workers[worker].process_batch.options(num_returns=2).remote(
-                [specs[s] for s in spec_ids], call_id)
+                [specs[s] for s in spec_ids], call_id, self.name)
             entry.refs.append(feat_ref)
             entry.calls.append(meta_ref)
             sent.append((spec_ids, feat_ref, asyncio.ensure_future(self._await_metas(call_id, len(spec_ids), meta_ref))))
@@ -397,10 +454,9 @@ class Coordinator:
     async def _enqueue(self, ready: ReadyRequest, front: bool = False) -> None:
         async with self.ready_changed:
             if not front:
-                while len(self.ready) >= self.cfg.ready_queue_size:
+                while not self.ready.has_room():
                     await self.ready_changed.wait()
-            (self.ready.appendleft if front else self.ready.append)(ready)
-            self.max_ready_seen = max(self.max_ready_seen, len(self.ready))
+            self.ready.push(ready, front)
             metrics.queue_depth("ready", len(self.ready))
             self.ready_changed.notify_all()
 
@@ -411,6 +467,7 @@ class Coordinator:
         if entry is None:
             self.counters["late_finish"] += 1
             return
+        self.deadlines.discard(rid)
         self._release(entry)
         if record.get("ok"):
             record.setdefault("timings", {})
@@ -444,18 +501,21 @@ class Coordinator:
                 pass
         entry.calls, entry.refs, entry.prepared = [], [], None
         self.leases.drop(rid)
-        if any(r.request_id == rid for r in self.ready):
-            self.ready = collections.deque(r for r in self.ready if r.request_id != rid)
+        if self.ready.remove(rid):
             metrics.queue_depth("ready", len(self.ready))
             asyncio.get_running_loop().create_task(self._notify_ready())
         if entry.has_slot:
             entry.has_slot = False
-            self.slots_used -= 1
-            self.feature_slots.release()
+            self._give_slot_back()
 
     async def _notify_ready(self) -> None:
         async with self.ready_changed:
             self.ready_changed.notify_all()
+
+    async def wake_pulls(self) -> None:
+        """Answer every waiting pull now (empty if nothing is ready): stopping GPU workers then
+        return from their pull at once instead of after ``pull_wait_s``."""
+        await self._notify_ready()
 
     # -- GPU worker side ---------------------------------------------------
     async def pull(
@@ -478,17 +538,13 @@ class Coordinator:
                     await asyncio.wait_for(self.ready_changed.wait(), timeout=wait_s)
                 except asyncio.TimeoutError:
                     return []
-            batch = []
+            # Requests finished while queued (timed out, cancelled) are dropped on the way.
+            batch = self.ready.pop_batch(max_n, self.inflight.__contains__)
             now = time.monotonic()
-            while self.ready and len(batch) < max_n:
-                req = self.ready.popleft()
-                if req.request_id not in self.inflight:
-                    continue  # finished (timed out, cancelled) while queued
+            for req in batch:
                 req.pulls += 1
                 req.lease = self.leases.grant(req.request_id, holder, req, now)
-                entry = self.inflight[req.request_id]
-                entry.stage = "gpu"
-                batch.append(req)
+                self.inflight[req.request_id].stage = "gpu"
             metrics.queue_depth("ready", len(self.ready))
             self.ready_changed.notify_all()
             return batch
@@ -553,11 +609,19 @@ class Coordinator:
 
     def _ensure_lease_reaper(self) -> None:
         if self.lease_task is None or self.lease_task.done():
+            if self.reaper_wake is None:
+                self.reaper_wake = asyncio.Event()
             self.lease_task = asyncio.get_running_loop().create_task(self._reap_leases())
 
     async def _reap_leases(self) -> None:
-        """Requeue expired leases; fail requests past their deadline wherever they wait."""
+        """Requeue expired leases; fail requests past their deadline wherever they wait. Sleeps
+        without a timer while nothing is in flight (no lease nor deadline can be due then):
+        admission wakes it."""
+        assert self.reaper_wake is not None
         while True:
+            if not self.inflight:
+                self.reaper_wake.clear()
+                await self.reaper_wake.wait()
             await asyncio.sleep(min(0.5, self.cfg.lease_s / 4))
             try:
                 now = time.monotonic()
@@ -568,10 +632,14 @@ class Coordinator:
                                        rid, self.cfg.lease_s)
                         self.inflight[rid].stage = "ready_queue"
                         await self._enqueue(req, front=True)
-                for entry in [e for e in self.inflight.values() if e.deadline <= now]:
+                for rid in self.deadlines.pop_due(now):
+                    entry = self.inflight.get(rid)
+                    if entry is None:
+                        continue
                     if entry.task is not None and not entry.task.done():
-                        continue  # its own wait_for fires at the same deadline
-                    await self._finish(entry.request_id, self._timeout_record(entry))
+                        self.deadlines.add(rid, entry.deadline)  # its own wait_for fires at the same deadline
+                        continue
+                    await self._finish(rid, self._timeout_record(entry))
             except Exception:  # never let the reaper die; it is restarted by the next call anyway
                 self.counters["reaper_error"] += 1
                 logger.exception("lease reaper fault")
@@ -674,20 +742,24 @@ class Coordinator:
             "incarnation": self.incarnation,
             "inflight": len(self.inflight),
             "ready": len(self.ready),
-            "max_ready_seen": self.max_ready_seen,
+            "max_ready_seen": self.ready.max_seen,
             "leased": len(self.leases),
             "lease_holders": self.leases.holders(),
             "held_feature_refs": sum(len(e.refs) for e in self.inflight.values()),
             "media_calls_open": sum(len(e.calls) for e in self.inflight.values()),
-            "feature_slots_used": self.slots_used,
+            "feature_slots_used": self.slots.used,
             "feature_slots_limit": self.cfg.feature_request_limit(),
-            "max_feature_slots_used": self.max_slots_used,
+            "max_feature_slots_used": self.slots.max_used,
             "results_waiting": len(self.results),
             "counters": dict(self.counters),
             "items_per_node": dict(self.items_per_node),
             "worker_load": list(self.selector.load),
             "worker_assigned": list(self.selector.assigned),
-            "coordinator_cpu_s": self.cpu_s,
+            "coordinator_cpu_s": self.cpu_s,  # its own code (thread time of admission, alignment, record)
+            # Its whole process since start-up (Ray's per-call and per-object work, idle polling included).
+            "coordinator_process_cpu_s": time.process_time() - self.process_cpu0,
+            "shard": self.shard,
+            "pid": os.getpid(),
         }
 
     def feature_locations(self) -> list[dict[str, Any]]:

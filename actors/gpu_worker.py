@@ -4,14 +4,21 @@ Pull, not push: a worker asks for a batch only when it has room, which is the
 backpressure toward the coordinator. The acknowledgement is what lets the
 coordinator drop a request's feature refs; an unacknowledged lease expires
 and the request is served again.
+
+With K coordinator shards the worker keeps one pull in flight per shard (each asks for
+``ceil(pull_batch_size / K)``), serves whichever answers, and sends each acknowledgement,
+renewal and hand-back to the shard that leased the request: a shard with work is never
+starved by an idle or restarting one.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
 import hashlib
 import importlib
 import logging
+import math
 import os
 import threading
 import time
@@ -85,13 +92,15 @@ def _noop_consumer(request: Any, features: list[dict[str, Any]]) -> int:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=4)
 class GpuWorker:
-    def __init__(self, coordinator_name: str, model_dir: str, pool_config: dict[str, Any], adapter: str | None, name: str) -> None:
+    def __init__(self, coordinator_name: str | list[str], model_dir: str, pool_config: dict[str, Any], adapter: str | None,
+                 name: str) -> None:
         import torch
 
         torch.set_num_threads(1)
         self.torch = torch
         self.cfg = PoolConfig.model_validate(pool_config)
-        self.coordinator = ray.get_actor(coordinator_name)
+        names = [coordinator_name] if isinstance(coordinator_name, str) else list(coordinator_name)
+        self.coordinators = [ray.get_actor(n) for n in names]  # one per shard, in shard order
         self.name = name
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.staging = HostStaging(self.device) if self.device.type == "cuda" else None
@@ -114,7 +123,7 @@ class GpuWorker:
             module, _, fn = self.cfg.consumer.partition(":")
             self.consumer = getattr(importlib.import_module(module), fn)
         self.stopping = threading.Event()
-        self.held: dict[str, int] = {}  # request_id -> lease token, for renewal
+        self.held: dict[str, tuple[int, int]] = {}  # request_id -> (shard, lease token), for renewal
         self.held_lock = threading.Lock()
         self.consumed = 0
         self.zero_copy_checked = 0
@@ -131,58 +140,106 @@ class GpuWorker:
         """Pull and consume until ``stop``; retried on restart (max_task_retries=-1).
 
         Leases of what it holds are renewed from a side thread while it consumes.
-        Faults never end the loop: a coordinator that is restarting is waited for, features
-        that cannot be read within the lease are handed back (``nack``: the coordinator
-        dispatches the request's media again), and a consumer that raises gives an
-        InternalError record for that request only. Acknowledgements ride on the next pull
-        (kept and sent again if that pull fails; the coordinator ignores a repeated one).
+        Faults never end the loop: a coordinator that is restarting is waited for (its shard only;
+        the others go on), features that cannot be read within the lease are handed back
+        (``nack``: the coordinator dispatches the request's media again), and a consumer that
+        raises gives an InternalError record for that request only. Acknowledgements ride on the
+        next pull to the shard that leased the request, sent once everything that shard's last
+        pull brought is served (kept and sent again if that pull fails; the coordinator ignores a
+        repeated one). With one shard this is: pull, serve the batch, pull again with its acks.
         """
-        acks: list[tuple[str, dict[str, Any], int]] = []
+        shards = len(self.coordinators)
+        per_pull = max(1, math.ceil(self.cfg.pull_batch_size / shards))
+        acks: list[list[tuple[str, dict[str, Any], int]]] = [[] for _ in range(shards)]
+        sent: dict[Any, tuple[int, list[tuple[str, dict[str, Any], int]]]] = {}  # pull ref -> (shard, acks on it)
+        todo: collections.deque[tuple[int, Any]] = collections.deque()  # (shard, request) pulled, not served
+        unserved = [0] * shards
+        retry_at = [0.0] * shards
         # This process holds nothing yet: leases under this name are a dead predecessor's.
-        self._tell(self.coordinator.release_holder.remote(self.name))
+        for coordinator in self.coordinators:
+            self._tell(coordinator.release_holder.remote(self.name))
         renewer = threading.Thread(target=self._renew_leases, name="ray-mm-lease-renewal", daemon=True)
         renewer.start()
-        while not self.stopping.is_set():
-            try:
-                batch = ray.get(self.coordinator.pull.remote(self.name, self.cfg.pull_batch_size, 0.5, acks),
-                                timeout=self.cfg.lease_s)
-            except (ray.exceptions.RayError, TimeoutError):
-                self.faults += 1
-                time.sleep(0.2)
-                continue
-            with self.held_lock:  # the acks went with that pull; what it brought is held from now on
-                for request_id, _, _ in acks:
-                    self.held.pop(request_id, None)
-                self.held.update((request.request_id, request.lease) for request in batch)
-            acks = [ack for request in batch if (ack := self._serve(request)) is not None]
-        if acks:
-            self._tell(self.coordinator.pull.remote(self.name, 0, 0.0, acks))
+
+        def read(timeout: float) -> None:
+            """Take in the pulls that answered (waiting up to ``timeout`` for the first)."""
+            refs = list(sent)
+            done, _ = ray.wait(refs, num_returns=1, timeout=timeout) if timeout > 0 else ([], refs)
+            if len(refs) > 1 or timeout <= 0:  # and any other that answered meanwhile
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in done:
+                shard, its_acks = sent.pop(ref)
+                try:
+                    batch = ray.get(ref)
+                except ray.exceptions.RayError:
+                    self.faults += 1
+                    acks[shard][:0] = its_acks  # sent again with the next pull to that shard
+                    retry_at[shard] = time.monotonic() + 0.2
+                    continue
+                with self.held_lock:  # the acks went with that pull; what it brought is held from now on
+                    for request_id, _, _ in its_acks:
+                        self.held.pop(request_id, None)
+                    self.held.update((request.request_id, (shard, request.lease)) for request in batch)
+                todo.extend((shard, request) for request in batch)
+                unserved[shard] += len(batch)
+
+        while True:
+            stopping = self.stopping.is_set()
+            now = time.monotonic()
+            busy = {shard for shard, _ in sent.values()}
+            for shard in range(shards):
+                if not stopping and shard not in busy and not unserved[shard] and now >= retry_at[shard]:
+                    ref = self.coordinators[shard].pull.remote(self.name, per_pull, self.cfg.pull_wait_s, acks[shard])
+                    sent[ref] = (shard, acks[shard])
+                    acks[shard] = []
+            if todo:
+                shard, request = todo.popleft()
+                unserved[shard] -= 1
+                if (ack := self._serve(shard, request)) is not None:
+                    acks[shard].append(ack)
+                if shards > 1 and sent:
+                    read(0.0)  # pulls of other shards that answered: held (renewed) from now on
+            elif sent:
+                waits = [t - now for t in retry_at if t > now]
+                read(min([self.cfg.lease_s, *waits]))
+            elif stopping:
+                break
+            else:
+                time.sleep(max(0.0, min(retry_at) - now))
+        for shard, its_acks in enumerate(acks):
+            if its_acks:
+                self._tell(self.coordinators[shard].pull.remote(self.name, 0, 0.0, its_acks))
         return self.consumed
 
     def _renew_leases(self) -> None:
         """Renew the leases of everything held (being consumed, or acked but the ack not yet sent)
-        three times per ``lease_s``, so a consumer slower than the lease keeps its requests; a
-        worker that dies or hangs stops renewing and its leases expire."""
+        three times per ``lease_s``, each at the shard that granted it, so a consumer slower than
+        the lease keeps its requests; a worker that dies or hangs stops renewing and its leases expire."""
         period = self.cfg.lease_s / 3
         while not self.stopping.wait(period):
             with self.held_lock:
-                leases = list(self.held.items())
-            if not leases:
+                held = list(self.held.items())
+            if not held:
                 continue
-            try:
-                ray.get(self.coordinator.renew.remote(self.name, leases), timeout=period)
-            except (ray.exceptions.RayError, TimeoutError):
-                self.faults += 1
-                logger.warning("%s: could not renew %d lease(s)", self.name, len(leases))
+            by_shard: dict[int, list[tuple[str, int]]] = {}
+            for request_id, (shard, lease) in held:
+                by_shard.setdefault(shard, []).append((request_id, lease))
+            for shard, leases in by_shard.items():
+                try:
+                    ray.get(self.coordinators[shard].renew.remote(self.name, leases), timeout=period)
+                except (ray.exceptions.RayError, TimeoutError):
+                    self.faults += 1
+                    logger.warning("%s: could not renew %d lease(s) at coordinator shard %d", self.name, len(leases), shard)
 
-    def _serve(self, request: Any) -> tuple[str, dict[str, Any], int] | None:
-        """Consume one request; its acknowledgement, or None when it was handed back."""
+    def _serve(self, shard: int, request: Any) -> tuple[str, dict[str, Any], int] | None:
+        """Consume one request (leased by coordinator ``shard``); its acknowledgement, or None when
+        it was handed back."""
         try:
             summary = self._consume(request)
         except _FeaturesUnavailable as exc:
             self.faults += 1
             logger.warning("request %s: features unavailable (%s); handing it back", request.request_id, exc.reason)
-            self._tell(self.coordinator.nack.remote(self.name, request.request_id, request.lease, exc.reason))
+            self._tell(self.coordinators[shard].nack.remote(self.name, request.request_id, request.lease, exc.reason))
             with self.held_lock:
                 self.held.pop(request.request_id, None)
             return None

@@ -4,8 +4,9 @@ Thin: the work is ``Preprocessor.fetch_item_async`` and ``Preprocessor.process_f
 An async actor: fetches run concurrently on its event loop (at most
 ``max_fetches_per_worker`` at once), and decoding runs on its one decode thread as
 soon as an item's bytes are in, so a slow server delays only its own request. A
-fetch still running after ``slow_fetch_s`` is reported to the coordinator, which
-then stops counting that item against the worker's decode slots.
+fetch still running after ``slow_fetch_s`` is reported to the coordinator that sent the
+call (with coordinator shards, the call names its sender), which then stops counting that
+item against the worker's decode slots.
 
 One call takes every entry of a request that the coordinator placed on this worker
 and returns two objects, (metadata, features), both owned by the caller, so the
@@ -56,8 +57,8 @@ class MediaWorker:
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.index = index
-        self.coordinator_name = coordinator_name
-        self._coordinator: Any = None
+        self.coordinator_name = coordinator_name  # where reports go when a call names no sender
+        self._coordinators: dict[str, Any] = {}  # name -> handle, looked up on first report
         self.processed = 0
         self.slow_fetches = 0
         self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-mm-decode")
@@ -74,23 +75,27 @@ class MediaWorker:
         return self.node_id
 
     @ray.method(max_task_retries=0)
-    async def process_batch(self, specs: list[MediaSpec], call_id: int | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+    async def process_batch(self, specs: list[MediaSpec], call_id: int | None = None,
+                            reply_to: str | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
         """Per spec ``{"items": [ItemMeta...]}`` or ``{"error": MMError}``; and one flat list with the
         feature dict of every item of the successful specs, in order (an item's place in it is
-        its position among the items before it). ``call_id`` names the call in slow-fetch reports."""
+        its position among the items before it). ``call_id`` names the call in slow-fetch reports,
+        which go to the coordinator named ``reply_to`` (the shard that sent the call)."""
+        reply_to = reply_to or self.coordinator_name
         arena = self.arenas.acquire() if self.arenas is not None else None
         features: list[Any] = self.arenas.outputs(arena) if self.arenas is not None and arena is not None else []
-        answers = await asyncio.gather(*(self._process_one(spec, arena, call_id) for spec in specs))
+        answers = await asyncio.gather(*(self._process_one(spec, arena, call_id, reply_to) for spec in specs))
         metas = []
         for meta, feats in answers:
             metas.append(meta)
             features.extend(feats)
         return metas, features
 
-    async def _process_one(self, spec: MediaSpec, arena: CallArena | None, call_id: int | None) -> tuple[dict[str, Any], list[Any]]:
+    async def _process_one(self, spec: MediaSpec, arena: CallArena | None, call_id: int | None,
+                           reply_to: str | None) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
         try:
-            fetched = await self._fetch(spec, call_id)
+            fetched = await self._fetch(spec, call_id, reply_to)
             loop = asyncio.get_running_loop()
             items = await loop.run_in_executor(self.decoder, self._decode, spec, fetched, arena)
         except MMError as exc:
@@ -104,25 +109,26 @@ class MediaWorker:
             item.meta.timings["worker_s"] = time.perf_counter() - t0
         return {"items": [item.meta for item in items]}, [item.features for item in items]
 
-    async def _fetch(self, spec: MediaSpec, call_id: int | None) -> Any:
+    async def _fetch(self, spec: MediaSpec, call_id: int | None, reply_to: str | None) -> Any:
         if self._fetch_slots is None:
             self._fetch_slots = asyncio.Semaphore(self.cfg.max_fetches_per_worker)
         async with self._fetch_slots:
             task = asyncio.ensure_future(self.pre.fetch_item_async(spec))
             done, _ = await asyncio.wait({task}, timeout=self.cfg.slow_fetch_s)
             if not done:
-                self._report_slow(call_id)
+                self._report_slow(call_id, reply_to)
             return await task
 
-    def _report_slow(self, call_id: int | None) -> None:
-        """Tell the coordinator an item of ``call_id`` waits on a slow fetch (fire and forget)."""
+    def _report_slow(self, call_id: int | None, reply_to: str | None) -> None:
+        """Tell the coordinator ``reply_to`` an item of its call ``call_id`` waits on a slow fetch
+        (fire and forget; call ids are per coordinator)."""
         self.slow_fetches += 1
-        if call_id is None or self.coordinator_name is None:
+        if call_id is None or reply_to is None:
             return
         try:
-            if self._coordinator is None:
-                self._coordinator = ray.get_actor(self.coordinator_name)
-            self._coordinator.fetch_parked.remote(self.index, call_id)
+            if reply_to not in self._coordinators:
+                self._coordinators[reply_to] = ray.get_actor(reply_to)
+            self._coordinators[reply_to].fetch_parked.remote(self.index, call_id)
         except Exception:  # only bookkeeping is lost: the item still counts as decode work
             logger.warning("could not report a slow fetch to the coordinator", exc_info=True)
 

@@ -13,6 +13,11 @@ out: that is a new request with a record of its own. The coordinator refuses
 (``RequestError`` 409) an id while an earlier submission of it is in flight or
 its record is not yet collected, so a record that arrives for a pending id is
 that submission's own.
+
+With ``PoolConfig.coordinators = K`` the pool runs K coordinator shards. Every request
+belongs to the shard its id hashes to (``ray_mm.pool.shard_of``): submission, ``cancel``,
+resubmission and the 409 check all go there. Results, stats and restarts are per shard: a
+shard that restarts has only its own pending requests resubmitted.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import MMError, PoolSaturatedError
+from ray_mm.pool import merge_stats, shard_config, shard_names, shard_of, split_by_shard
 from ray_mm.pool_config import PoolConfig
 from ray_mm.request import request_id_of
 
@@ -87,10 +93,12 @@ class Pool:
         self.pending: dict[str, _Pending] = {}
         self._local: list[dict[str, Any]] = []  # records written by the driver itself
         self.resubmitted = 0
+        self.resubmitted_per_shard = [0] * self.cfg.coordinators  # a shard's restart resubmits only its own
         self.restarts_seen = 0
         self.driver_timeouts = 0
         self.duplicates_dropped = 0  # late copies of records already emitted
         self.refused = 0  # lines Pool.run answered with the coordinator's refusal (an id still in flight)
+        self._takes: dict[int, Any] = {}  # shard -> its take_results call in flight (its records are collected once)
         self.max_direct_call_object_size: int | None = None
         self.inline_features_possible: bool | None = None
         try:
@@ -106,34 +114,38 @@ class Pool:
         # plain values, which a restarted coordinator can always get back.
         self.pool_id = uuid.uuid4().hex[:8]
         worker_names = [f"ray_mm_media_{self.pool_id}_{k}" for k in range(cfg.cpu_workers)]
-        coordinator_name = f"ray_mm_coordinator_{self.pool_id}"
+        self.coordinator_names = shard_names(f"ray_mm_coordinator_{self.pool_id}", cfg.coordinators)
         self.media_workers = [
             MediaWorker.options(
                 num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=name
-            ).remote(self.model_dir, core, self.adapter, cfg.model_dump(mode="json"), coordinator_name, k)
+            ).remote(self.model_dir, core, self.adapter, cfg.model_dump(mode="json"), self.coordinator_names[0], k)
             for k, name in enumerate(worker_names)
         ]
         # All actors are created before any is awaited, so their start-ups (mostly importing torch
         # and transformers and loading the processor) overlap. Named actors are registered when
         # created, so the coordinator and GPU workers can look their peers up before those are up.
-        self.coordinator = Coordinator.options(name=coordinator_name, resources=dict(cfg.coordinator_resources)).remote(
-            self.model_dir, core, cfg.model_dump(mode="json"), self.adapter, worker_names
-        )
+        shard_cfg = shard_config(cfg).model_dump(mode="json")  # each shard holds its share of the limits
+        self.coordinators = [
+            Coordinator.options(name=name, resources=dict(cfg.coordinator_resources)).remote(
+                self.model_dir, core, shard_cfg, self.adapter, worker_names, k, name)
+            for k, name in enumerate(self.coordinator_names)
+        ]
+        self.coordinator = self.coordinators[0]  # the only one unless coordinators > 1
         use_gpus = cfg.use_gpus if cfg.use_gpus is not None else ray.cluster_resources().get("GPU", 0) >= cfg.gpu_workers > 0
         self.gpu_workers = [
             GpuWorker.options(
                 num_cpus=0, num_gpus=1 if use_gpus else 0, resources={cfg.gpu_node_resource: 1}
-            ).remote(coordinator_name, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
+            ).remote(self.coordinator_names, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
             for k in range(cfg.gpu_workers)
         ]
         probe = self._probe_direct_call_limit()  # runs while the actors start
         self._wait_for([
             ("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers}),
-            ("coordinator", [self.coordinator], dict(cfg.coordinator_resources)),
+            ("coordinator", self.coordinators, dict(cfg.coordinator_resources)),
             ("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers}),
         ])
         self._check_inline_features(probe)
-        self.incarnation = ray.get(self.coordinator.incarnation_id.remote())
+        self.incarnations = ray.get([c.incarnation_id.remote() for c in self.coordinators])
         self.gpu_runs = [w.run.remote() for w in self.gpu_workers]
 
     def _wait_for(self, groups: list[tuple[str, list[Any], dict[str, float]]]) -> None:
@@ -209,13 +221,15 @@ class Pool:
     def shutdown(self) -> None:
         try:
             ray.get([w.stop.remote() for w in getattr(self, "gpu_workers", [])], timeout=10)
+            # Pulls waiting at a coordinator (up to pull_wait_s) answer now, so the runs end at once.
+            ray.get([c.wake_pulls.remote() for c in getattr(self, "coordinators", [])], timeout=10)
             ray.wait(getattr(self, "gpu_runs", []), num_returns=len(getattr(self, "gpu_runs", [])), timeout=10)
         except Exception:
             pass  # a worker that cannot stop cleanly is killed below anyway
         self._kill_actors()
 
     def _kill_actors(self) -> None:
-        for actor in [*getattr(self, "gpu_workers", []), getattr(self, "coordinator", None),
+        for actor in [*getattr(self, "gpu_workers", []), *getattr(self, "coordinators", []),
                       *getattr(self, "media_workers", [])]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
@@ -235,15 +249,29 @@ class Pool:
         self.pending[rid] = _Pending(line, fallback_id, time.monotonic() + self.cfg.request_timeout_s)
         return rid
 
+    @property
+    def incarnation(self) -> int:
+        """Shard 0's incarnation (the coordinator's, with one shard)."""
+        return int(self.incarnations[0])
+
+    def shard(self, request_id: str) -> int:
+        """The coordinator shard that owns ``request_id``."""
+        return shard_of(request_id, len(self.coordinators))
+
+    def coordinator_for(self, request_id: str) -> Any:
+        """The handle of the coordinator shard that owns ``request_id``."""
+        return self.coordinators[self.shard(request_id)]
+
     def _submit_remote(self, line: Any, fallback_id: str, timeout_s: float | None) -> str:
+        coordinator = self.coordinator_for(request_id_of(line, fallback_id))
         try:
-            return str(ray.get(self.coordinator.submit.remote(line, fallback_id, timeout_s)))
+            return str(ray.get(coordinator.submit.remote(line, fallback_id, timeout_s)))
         except RayTaskError as exc:
             raise _unwrap(exc) from None
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a pending request: its record becomes ``Cancelled`` (status 499), written once."""
-        if ray.get(self.coordinator.cancel.remote(request_id)):
+        if ray.get(self.coordinator_for(request_id).cancel.remote(request_id)):
             return True
         pending = self.pending.get(request_id)
         if pending is not None and pending.needs_submit:  # lost with a coordinator, not resubmitted yet
@@ -252,10 +280,17 @@ class Pool:
         return False
 
     def stats(self, timeout_s: float = 30.0) -> dict[str, Any]:
-        out: dict[str, Any] = ray.get(self.coordinator.stats.remote(), timeout=timeout_s)
+        """The coordinators' stats summed over shards (each shard's own under ``shards``; see
+        ``ray_mm.pool.merge_stats``), the workers' stats, and the driver's counters."""
+        if len(self.coordinators) == 1:
+            shards = [ray.get(self.coordinator.stats.remote(), timeout=timeout_s)]
+        else:  # a shard that is restarting must not hide the others
+            shards = self._actor_stats(self.coordinators, timeout_s)
+        out: dict[str, Any] = merge_stats(shards)
         out["gpu_workers"] = self._actor_stats(self.gpu_workers, timeout_s)
         out["media_workers"] = self._actor_stats(self.media_workers, timeout_s)
         out["resubmitted"] = self.resubmitted
+        out["resubmitted_per_shard"] = list(self.resubmitted_per_shard)
         out["driver_timeouts"] = self.driver_timeouts
         out["duplicates_dropped"] = self.duplicates_dropped
         out["refused"] = self.refused
@@ -293,12 +328,10 @@ class Pool:
         return self._poll(wait_s)
 
     def _poll(self, wait_s: float = 0.5) -> list[dict[str, Any]]:
-        incarnation: int | None = None
-        try:
-            incarnation, records = ray.get(self.coordinator.take_results.remote(256, wait_s))
-        except (RayActorError, RayTaskError):
-            records = []
-        self._resubmit_if_restarted(incarnation)
+        records = []
+        for shard, incarnation, got in self._take_results(wait_s):
+            records.extend(got)
+            self._resubmit_if_restarted(shard, incarnation)
         self._expire_overdue()
         out = []
         for rec in [*records, *self._local]:
@@ -308,6 +341,31 @@ class Pool:
                 continue
             out.append(rec)
         self._local = []
+        return out
+
+    def _take_results(self, wait_s: float) -> list[tuple[int, int | None, list[dict[str, Any]]]]:
+        """``(shard, incarnation or None, records)`` of every shard that answered within about
+        ``wait_s`` (each waits up to ``wait_s`` for a record of its own). A shard's call that has
+        not answered stays in flight for the next poll: the records it takes out of its
+        coordinator are collected then, never dropped."""
+        for shard, coordinator in enumerate(self.coordinators):
+            if shard not in self._takes:
+                self._takes[shard] = coordinator.take_results.remote(256, wait_s)
+        refs = {ref: shard for shard, ref in self._takes.items()}
+        if len(refs) == 1:  # one shard: wait for its answer, as a single coordinator always was
+            done = list(refs)
+        else:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=wait_s + 5.0)
+            done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0) if done else (done, None)
+        out = []
+        for ref in done:
+            shard = refs[ref]
+            del self._takes[shard]
+            try:
+                incarnation, records = ray.get(ref)
+            except (RayActorError, RayTaskError):
+                incarnation, records = None, []
+            out.append((shard, incarnation, records))
         return out
 
     def _emit_local(self, rid: str, error_type: str, message: str, status: int) -> None:
@@ -323,26 +381,29 @@ class Pool:
                 self.driver_timeouts += 1
                 self._emit_local(rid, "RequestTimeoutError",
                                  f"request {rid}: no result within {self.cfg.request_timeout_s:g} s (driver deadline)", 504)
-                self.coordinator.cancel.remote(rid)  # not awaited; its Cancelled record is deduplicated
+                self.coordinator_for(rid).cancel.remote(rid)  # not awaited; its Cancelled record is deduplicated
 
-    def _resubmit_if_restarted(self, incarnation: int | None = None) -> None:
+    def _resubmit_if_restarted(self, shard: int, incarnation: int | None = None) -> None:
+        """If coordinator ``shard`` restarted, mark its pending requests (only its own) for
+        resubmission; then resubmit what it is missing."""
         if incarnation is None:
             try:
-                incarnation = ray.get(self.coordinator.incarnation_id.remote())
+                incarnation = ray.get(self.coordinators[shard].incarnation_id.remote())
             except RayActorError:
                 return
-        if incarnation != self.incarnation:
-            self.incarnation = incarnation
+        if incarnation != self.incarnations[shard]:
+            self.incarnations[shard] = incarnation
             self.restarts_seen += 1
-            for p in self.pending.values():
-                p.needs_submit = True
-        self._resubmit_missing()
+            for rid, p in self.pending.items():
+                if self.shard(rid) == shard:
+                    p.needs_submit = True
+        self._resubmit_missing(shard)
 
-    def _resubmit_missing(self) -> None:
-        """Resubmit what a restarted coordinator lost, with what is left of each deadline; stop at
-        saturation and go on at the next poll (nothing is dropped)."""
+    def _resubmit_missing(self, shard: int) -> None:
+        """Resubmit what restarted coordinator ``shard`` lost, with what is left of each deadline;
+        stop at saturation and go on at the next poll (nothing is dropped)."""
         for rid, p in list(self.pending.items()):
-            if not p.needs_submit:
+            if not p.needs_submit or self.shard(rid) != shard:
                 continue
             left = p.deadline - time.monotonic()
             if left <= 0:
@@ -352,6 +413,7 @@ class Pool:
             try:
                 self._submit_remote(p.line, p.fallback, left)
                 self.resubmitted += 1
+                self.resubmitted_per_shard[shard] += 1
             except PoolSaturatedError:
                 return
             except MMError:
@@ -362,7 +424,7 @@ class Pool:
 
     def run(self, lines: Iterable[tuple[str, Any]], batch: int = 32) -> Iterator[dict[str, Any]]:
         """Submit all ``(fallback_id, line)`` with backpressure (wait when saturated) and yield one
-        record per line. Lines are admitted ``batch`` at a time in one coordinator call each. A line
+        record per line. Lines are admitted ``batch`` at a time, in one call per coordinator shard. A line
         the coordinator refuses (its id is still in flight, e.g. twice in one batch) gets the
         refusal as its record (``RequestError`` 409), and the batch goes on. (``ray-mm run`` and
         ``align`` drop such repeats before, with ``ray_mm.io.dedupe``, so their records do not
@@ -374,36 +436,45 @@ class Pool:
             if not backlog:
                 break
             consumed, refusals, saturated = self._submit_batch(backlog)
-            del backlog[:consumed]
+            backlog = [line for pos, line in enumerate(backlog) if pos not in consumed]
             yield from refusals
             if saturated:  # collect results, then go on with the tail
                 yield from self._poll(wait_s=0.2)
         yield from self.results()
 
-    def _submit_batch(self, lines: list[tuple[str, Any]]) -> tuple[int, list[dict[str, Any]], bool]:
-        """Admit from the front of ``lines`` until the pool is saturated or refuses a line:
-        ``(lines consumed, records of refused lines, saturated)``. A refused line is consumed (its
-        record is the refusal); the coordinator stops at it, so the lines after it are not."""
-        try:
-            answers = ray.get(self.coordinator.submit_many.remote([(line, fallback, None) for fallback, line in lines]))
-        except RayTaskError as exc:
-            raise _unwrap(exc) from None
-        consumed, refusals = 0, []
-        for (fallback, line), answer in zip(lines, answers):
-            if isinstance(answer, PoolSaturatedError):
-                return consumed, refusals, True
-            consumed += 1
-            if isinstance(answer, MMError):
-                # Not tracked as pending: the id belongs to the submission in flight, whose record is its own.
-                self.refused += 1
-                rid = request_id_of(line, fallback)
-                log.info("request %s refused at admission: %s", rid, answer.message)
-                refusals.append({"request_id": rid, "ok": False, "error": answer.to_dict()})
-                continue
-            if isinstance(answer, BaseException):
-                raise answer
-            self.pending[str(answer)] = _Pending(line, fallback, time.monotonic() + self.cfg.request_timeout_s)
-        return consumed, refusals, False
+    def _submit_batch(self, lines: list[tuple[str, Any]]) -> tuple[set[int], list[dict[str, Any]], bool]:
+        """Admit ``lines``, each at its shard, one call per shard, all shards at once:
+        ``(positions consumed, records of refused lines, saturated)``. Per shard, lines are admitted
+        in order until that shard is saturated or refuses a line; a refused line is consumed (its
+        record is the refusal); the shard stops at it, so its lines after it are not (with one
+        shard: a prefix of ``lines``)."""
+        by_shard = split_by_shard(lines, lambda fl: request_id_of(fl[1], fl[0]), len(self.coordinators))
+        calls = {shard: self.coordinators[shard].submit_many.remote([(line, fallback, None) for _, (fallback, line) in part])
+                 for shard, part in by_shard.items()}
+        consumed: set[int] = set()
+        refusals: list[dict[str, Any]] = []
+        saturated = False
+        for shard, ref in calls.items():
+            try:
+                answers = ray.get(ref)
+            except RayTaskError as exc:
+                raise _unwrap(exc) from None
+            for (pos, (fallback, line)), answer in zip(by_shard[shard], answers):
+                if isinstance(answer, PoolSaturatedError):
+                    saturated = True
+                    break
+                consumed.add(pos)
+                if isinstance(answer, MMError):
+                    # Not tracked as pending: the id belongs to the submission in flight, whose record is its own.
+                    self.refused += 1
+                    rid = request_id_of(line, fallback)
+                    log.info("request %s refused at admission: %s", rid, answer.message)
+                    refusals.append({"request_id": rid, "ok": False, "error": answer.to_dict()})
+                    continue
+                if isinstance(answer, BaseException):
+                    raise answer
+                self.pending[str(answer)] = _Pending(line, fallback, time.monotonic() + self.cfg.request_timeout_s)
+        return consumed, refusals, saturated
 
 
 @dataclass

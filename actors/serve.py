@@ -8,7 +8,9 @@ the HTTP metrics. Parsing, limits and the error-to-status rules are pure (``ray_
 The pool is started by whoever runs the app (``ray-mm serve``, a test, a benchmark) and found by
 its coordinator's name, so replicas hold no pool state: any replica can answer any request, and a
 replica that restarts loses nothing but the requests it was answering (their clients see the
-connection drop; the coordinator cancels what they were waiting for).
+connection drop; the coordinator cancels what they were waiting for). With coordinator shards
+the app gets every shard's name and sends each request to the shard its id hashes to
+(``ray_mm.pool.shard_of``, as the driver does); ``/healthz`` asks every shard.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from starlette.responses import Response
 from actors import metrics
 from ray_mm import http_api
 from ray_mm.errors import MMError, RequestTimeoutError
+from ray_mm.pool import shard_of
+from ray_mm.request import request_id_of
 
 logger = logging.getLogger("ray_mm.actors.serve")
 
@@ -52,14 +56,15 @@ class _Unavailable(MMError):
 class PreprocessServer:
     """One Serve replica: ``POST /v1/preprocess`` and ``GET /healthz`` in front of a pool's coordinator."""
 
-    def __init__(self, coordinator_name: str, model_dir: str, adapter: str | None, settings: dict[str, Any],
+    def __init__(self, coordinator_name: str | list[str], model_dir: str, adapter: str | None, settings: dict[str, Any],
                  default_timeout_s: float) -> None:
         self.settings = http_api.ServeSettings.model_validate(settings)
-        self.coordinator_name = coordinator_name
+        # One name per coordinator shard, in shard order.
+        self.coordinator_names = [coordinator_name] if isinstance(coordinator_name, str) else list(coordinator_name)
         self.model_dir = model_dir
         self.adapter_name = adapter
         self.timeout_s = self.settings.request_timeout_s or default_timeout_s
-        self._coordinator: Any = None
+        self._coordinators: dict[int, Any] = {}  # shard -> handle, looked up on first use
         # The model adapter is needed only to finish features (uint8 transport) and for vLLM's hand-off;
         # loaded on first use, in a thread, so replicas start without importing the model stack.
         self._adapter: Any = None
@@ -129,33 +134,37 @@ class PreprocessServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _coordinator_handle(self) -> Any:
-        if self._coordinator is None:
+    def _coordinator_handle(self, shard: int = 0) -> Any:
+        if shard not in self._coordinators:
+            name = self.coordinator_names[shard]
             try:
-                self._coordinator = ray.get_actor(self.coordinator_name)
+                self._coordinators[shard] = ray.get_actor(name)
             except ValueError:
-                raise _Unavailable(f"the pool's coordinator {self.coordinator_name} is not running") from None
-        return self._coordinator
+                raise _Unavailable(f"the pool's coordinator {name} is not running") from None
+        return self._coordinators[shard]
 
     async def _submit(self, line: dict[str, Any], rid: str, deadline: float, keep_features: bool) -> dict[str, Any]:
         """The request's record from the coordinator. If the coordinator dies with the request (it
         restarts: ``max_restarts=-1``), the request is submitted once more with what is left of its
-        deadline; a second loss is 503. Exactly one record comes back either way."""
+        deadline; a second loss is 503. Exactly one record comes back either way. The request goes
+        to the coordinator shard its id hashes to."""
+        shard = shard_of(request_id_of(line, rid), len(self.coordinator_names))
         for attempt in (1, 2):
             left = deadline - time.monotonic()
             if left <= 0:
                 return http_api.error_record(rid, RequestTimeoutError(
                     f"request {rid}: its deadline passed while the coordinator restarted"))
             try:
-                ref = self._coordinator_handle().submit_and_wait.remote(line, rid, left, keep_features)
+                ref = self._coordinator_handle(shard).submit_and_wait.remote(line, rid, left, keep_features)
             except _Unavailable as exc:
                 return http_api.error_record(rid, exc)
             try:
                 return dict(await asyncio.wait_for(_awaited(ref), timeout=left + _CALL_GRACE_S))
             except ray.exceptions.RayActorError as exc:  # died with the request (restarting), or unreachable
                 # Looked up again next time: a coordinator gone for good (pool shut down) is then a plain 503.
-                self._coordinator = None
-                logger.warning("request %s: coordinator lost during attempt %d (%s)", rid, attempt, type(exc).__name__)
+                self._coordinators.pop(shard, None)
+                logger.warning("request %s: coordinator shard %d lost during attempt %d (%s)", rid, shard, attempt,
+                               type(exc).__name__)
             except asyncio.TimeoutError:
                 ray.cancel(ref)  # the coordinator's wait ends and cancels the request
                 logger.error("request %s: the coordinator did not answer by the deadline (+%g s)", rid, _CALL_GRACE_S)
@@ -202,19 +211,35 @@ class PreprocessServer:
 
     # -- GET /healthz --------------------------------------------------------------
     async def _health(self) -> Response:
-        """200 when the coordinator answers and at least one media worker and one GPU worker are alive."""
+        """200 when every coordinator shard answers and each sees at least one media worker and one
+        GPU worker alive (a shard that is down fails its own requests, so the pool is not healthy)."""
         timeout = self.settings.health_timeout_s
         try:
-            ref = self._coordinator_handle().health.remote(timeout / 2)
-            health = await asyncio.wait_for(_awaited(ref), timeout=timeout)
+            refs = [self._coordinator_handle(k).health.remote(timeout / 2) for k in range(len(self.coordinator_names))]
+            shards = await asyncio.wait_for(asyncio.gather(*(_awaited(ref) for ref in refs)), timeout=timeout)
         except _Unavailable as exc:
             return _json(503, {"ok": False, "reason": exc.message}, {"Retry-After": str(self.settings.retry_after_s)})
         except (asyncio.TimeoutError, ray.exceptions.RayError) as exc:
             return _json(503, {"ok": False, "reason": f"the coordinator did not answer within {timeout:g} s ({type(exc).__name__})"},
                          {"Retry-After": str(self.settings.retry_after_s)})
+        health = _merge_health(shards)
         ok = health["media_workers_alive"] >= 1 and health["gpu_workers_alive"] >= 1
         headers = {} if ok else {"Retry-After": str(self.settings.retry_after_s)}
         return _json(200 if ok else 503, {"ok": ok, **health}, headers)
+
+
+def _merge_health(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """One shard's health as is; several: workers alive as the shard that sees fewest (every shard
+    must be fed), requests summed, each shard's own under ``shards``."""
+    if len(shards) == 1:
+        return shards[0]
+    out = dict(shards[0])
+    for key in ("media_workers_alive", "gpu_workers_alive"):
+        out[key] = min(h[key] for h in shards)
+    for key in ("inflight", "max_inflight_requests", "waiters"):
+        out[key] = sum(h.get(key, 0) for h in shards)
+    out["shards"] = shards
+    return out
 
 
 def _handoff(fmt: str, record: dict[str, Any], features: list[dict[str, Any]], adapter: Any) -> Any:
@@ -260,17 +285,20 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 # -- building and running the app ---------------------------------------------------------
-def coordinator_name(pool: Any) -> str:
-    """The name under which ``pool`` (``actors.pool.Pool``) registered its coordinator."""
-    name = f"ray_mm_coordinator_{pool.pool_id}"
-    ray.get_actor(name)  # fails loudly if Pool ever names it differently
-    return name
+def coordinator_name(pool: Any) -> str | list[str]:
+    """The name under which ``pool`` (``actors.pool.Pool``) registered its coordinator; with
+    coordinator shards, every shard's name in shard order (``build_app`` takes either)."""
+    names = list(getattr(pool, "coordinator_names", None) or [f"ray_mm_coordinator_{pool.pool_id}"])
+    for name in names:
+        ray.get_actor(name)  # fails loudly if Pool ever names them differently
+    return names[0] if len(names) == 1 else names
 
 
-def build_app(coordinator: str, model_dir: str | Path, adapter: str | None = None,
+def build_app(coordinator: str | list[str], model_dir: str | Path, adapter: str | None = None,
               settings: http_api.ServeSettings | dict[str, Any] | None = None, default_timeout_s: float = 120.0,
               deployment_name: str = DEPLOYMENT_NAME) -> Any:
-    """The Serve application in front of the pool whose coordinator is named ``coordinator``."""
+    """The Serve application in front of the pool whose coordinator is named ``coordinator`` (a list:
+    the names of its coordinator shards, in shard order)."""
     s = settings if isinstance(settings, http_api.ServeSettings) else http_api.ServeSettings.model_validate(settings or {})
     deployment = serve.deployment(
         PreprocessServer, name=deployment_name, num_replicas=s.num_replicas, max_ongoing_requests=s.max_ongoing_requests,

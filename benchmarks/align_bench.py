@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ray_mm.microbench import align_fast_vs_legacy
+from ray_mm.bench.micro_align import align_fast_vs_legacy
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

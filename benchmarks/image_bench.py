@@ -6,7 +6,7 @@ import argparse
 import json
 import tempfile
 
-from ray_mm.microbench import image_per_core, make_bench_model
+from ray_mm.bench.micro_media import image_per_core, make_bench_model
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

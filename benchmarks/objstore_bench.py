@@ -11,7 +11,7 @@ import os
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: stay on loopback
 
-from ray_mm.bench import object_store_roundtrip  # noqa: E402
+from ray_mm.bench.micro import object_store_roundtrip  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

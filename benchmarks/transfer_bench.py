@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from actors.local_cluster import start_local_cluster
-from ray_mm.bench import _TreeCpu
+from ray_mm.bench.cpu import TreeCpu as _TreeCpu
 from ray_mm.pool_config import LocalClusterSpec
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """16 frames of a 10 s 360p H.264 clip, one thread: one forward pass (keyframe-aware seeks) vs a seek per frame.
 
-The seek-per-frame decoder lives only in the benchmark (``ray_mm.microbench.naive_seek_per_frame``).
+The seek-per-frame decoder lives only in the benchmark (``ray_mm.bench.micro_video.naive_seek_per_frame``).
 Run with a few GOP lengths: the gap grows with the keyframe interval (not a timed test).
 """
 
@@ -10,7 +10,8 @@ import argparse
 import json
 import tempfile
 
-from ray_mm.microbench import make_bench_model, video_sampling
+from ray_mm.bench.micro_media import make_bench_model
+from ray_mm.bench.micro_video import video_sampling
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

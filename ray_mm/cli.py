@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve_cli import add_serve_parser
 
     add_serve_parser(sub)
-    from .bench import add_bench_parser
+    from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
     return parser

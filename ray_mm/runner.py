@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .bench.stats import percentile
 from .cli import UsageError, add_log_level, check_model_dir, open_output, open_requests
 from .config import RayMMConfig
 from .errors import MMError
@@ -193,13 +194,6 @@ def _run_workloads(
     return records
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def format_summary(records: list[dict[str, Any]], stats: list[dict[str, Any]], wall_s: float) -> str:
     ok = [r for r in records if r.get("ok")]
     lines = ["", "== ray-mm run summary"]
@@ -212,10 +206,10 @@ def format_summary(records: list[dict[str, Any]], stats: list[dict[str, Any]], w
     for stage in ("tokenize_s", "fetch_s", "decode_s", "process_s", "align_s", "pool_total_s"):
         vals = [r["timings"][stage] * 1e3 for r in ok if stage in r.get("timings", {})]
         if vals:
-            lines.append(f"{stage[:-2]:<16}{_pct(vals, 0.5):>10.1f}{_pct(vals, 0.99):>10.1f}")
+            lines.append(f"{stage[:-2]:<16}{percentile(vals, 50):>10.1f}{percentile(vals, 99):>10.1f}")
     consume = [r["consumer"]["consume_s"] * 1e3 for r in ok if "consumer" in r]
     if consume:
-        lines.append(f"{'gpu_consume':<16}{_pct(consume, 0.5):>10.1f}{_pct(consume, 0.99):>10.1f}")
+        lines.append(f"{'gpu_consume':<16}{percentile(consume, 50):>10.1f}{percentile(consume, 99):>10.1f}")
     errors = collections.Counter(r["error"]["type"] for r in records if not r.get("ok"))
     lines.append("errors by type: " + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) or "none"))
     for r in records:
@@ -228,7 +222,21 @@ def format_summary(records: list[dict[str, Any]], stats: list[dict[str, Any]], w
     hits = sum(s.get("counters", {}).get("cache_hits", 0) for s in stats)
     misses = sum(s.get("counters", {}).get("cache_misses", 0) for s in stats)
     lines.append(f"media cache: {hits} hits, {misses} misses (repeats are fetched and hashed, not decoded again)")
-    coord_cpu = sum(s.get("coordinator_cpu_s", 0.0) for s in stats)
     if records:
-        lines.append(f"coordinator CPU: {coord_cpu / len(records) * 1e3:.2f} ms per request")
+        lines.append(_coordinator_cpu_line(stats, len(records)))
     return "\n".join(lines)
+
+
+def _coordinator_cpu_line(stats: list[dict[str, Any]], n: int) -> str:
+    """Coordinator CPU per request: the coordinator processes' CPU (every thread, Ray's own work
+    included, since each started; summed over shards and workloads), with the share spent in the
+    coordinator's own code (admission, alignment, records) beside it."""
+    own = sum(s.get("coordinator_cpu_s", 0.0) for s in stats) / n * 1e3
+    process = [s.get("coordinator_process_cpu_s") for s in stats]
+    if not process or any(p is None for p in process):
+        return f"coordinator CPU: process CPU not measured; own code {own:.2f} ms per request"
+    proc = sum(process) / n * 1e3
+    shards = max(int(s.get("coordinators", 1)) for s in stats)
+    share = f" ({own / proc:.0%} of it)" if proc > 0 else ""
+    return (f"coordinator CPU: {proc:.2f} ms per request process CPU ({shards} coordinator process"
+            f"{'es' if shards > 1 else ''}, since start-up, idle included); own code {own:.2f} ms{share}")

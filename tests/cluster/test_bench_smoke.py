@@ -17,10 +17,15 @@ import pytest
 
 pytestmark = pytest.mark.cluster
 
-PIPELINES = ("sglang_style", "ray_data", "pool", "pool_1worker")
+PIPELINES = ("sglang_style", "sglang_style_hand", "ray_data", "pool", "pool_uint8", "pool_1worker")
 PIPELINE_KEYS = ("requests_per_s", "items_per_s", "p50_ms", "p99_ms", "cpu_s_per_item")
 TARGETS = (
     "pool_vs_sglang_throughput",
+    "pool_vs_sglang_hf_throughput",
+    "pool_cpu_per_item_vs_in_process",
+    "pool_throughput_vs_in_process",
+    "pool_vs_sglang_hand_p50_paced",
+    "pool_vs_ray_data_per_request_p50_paced",
     "pool_1worker_vs_sglang_throughput",
     "pool_vs_ray_data_throughput",
     "pool_vs_ray_data_p50",
@@ -31,7 +36,7 @@ TARGETS = (
     "align_fast_vs_legacy",
     "coordinator_cpu_ms_per_request_4img",
 )
-PACED = ("pool", "ray_data", "ray_data_per_request", "sglang_style")
+PACED = ("pool", "ray_data", "ray_data_per_request", "sglang_style", "sglang_style_hand")
 PACED_MS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms")
 
 
@@ -105,3 +110,14 @@ def test_paced_complete(report: dict) -> None:
     assert paced["pipelines"]["ray_data_per_request"]["datasets"] == n
     assert report["targets"]["pool_vs_ray_data_p50"].get("basis") == "paced"
     assert report["targets"]["pool_vs_ray_data_p50_closed_loop"].get("basis") == "closed_loop"
+
+
+def test_fair_baselines_and_overheads_are_labelled(report: dict) -> None:
+    assert "map_batches" in report["pipelines"]["ray_data"]["udf"] and "ActorPoolStrategy" in report["pipelines"]["ray_data"]["udf"]
+    targets = report["targets"]
+    for name in ("pool_cpu_per_item_vs_in_process", "pool_throughput_vs_in_process"):
+        assert targets[name]["transport"] in ("float32", "uint8"), f"targets.{name}: no transport"
+        assert set(targets[name]["by_transport"]) == {"float32", "uint8"}
+    assert targets["pool_vs_ray_data_per_request_p50_paced"]["form"] == "ray_data_per_request"  # --quick: no stream form
+    shards = report["scaling"]["coordinator_shards"]
+    assert "skipped" in shards or {"k1_req_per_s", "k2_req_per_s", "k2_over_k1"} <= set(shards), shards

@@ -244,3 +244,52 @@ def test_chaos_all_faults_in_one_run(cluster: LocalCluster, model_dir: Path) -> 
     assert sum(errors.values()) <= total // 20, errors
     print(f"chaos run: ok {sum(1 for r in records if r['ok'])}, errors {dict(errors)}")
     resources_settled()
+
+
+def test_one_coordinator_shard_killed_touches_only_its_own_requests(cluster: LocalCluster, model_dir: Path) -> None:
+    """K=2 coordinator shards; one is killed while it holds requests. Every request_id still comes
+    back exactly once; only the killed shard's pending requests are resubmitted; the other shard
+    keeps its incarnation and admits each of its requests exactly once."""
+    total, victim = 120, 1
+    uris = tiny_uris(8)
+    lines = [(f"line{k}", line(f"s{k:03d}", uris[k % len(uris)])) for k in range(total)]
+    cfg = PoolConfig(coordinators=2, cpu_workers=2, gpu_workers=1, consumer="noop", consumer_delay_s=0.02,
+                     pull_batch_size=2, ready_queue_size=8, max_inflight_requests=32, lease_s=4.0, request_timeout_s=90.0)
+    from ray_mm.pool import shard_of
+
+    mine = {ln["request_id"] for _, ln in lines if shard_of(ln["request_id"], 2) == victim}
+    assert 0 < len(mine) < total
+    with Pool(str(model_dir), RayMMConfig(), cfg) as pool:
+        assert [pool.shard(rid) for rid in sorted(mine)] == [victim] * len(mine)  # the pool routes as shard_of
+        survivor = pool.coordinators[1 - victim]
+        incarnation_before = ray.get(survivor.incarnation_id.remote())
+        records: list[dict[str, Any]] = []
+        killed_holding = None
+        t0 = time.monotonic()
+        for rec in pool.run(lines):
+            records.append(rec)
+            if killed_holding is None and len(records) >= total // 4:
+                held = ray.get(pool.coordinators[victim].stats.remote(), timeout=60)["inflight"]
+                if held > 0:  # kill it while it holds requests (else retry on the next record)
+                    ray.kill(pool.coordinators[victim], no_restart=False)
+                    killed_holding = held
+            assert time.monotonic() - t0 < 180, "run past 180 s"
+        stats = pool.stats()
+        print(f"\nshard kill: victim held {killed_holding} requests; resubmitted per shard {stats['resubmitted_per_shard']}, "
+              f"restarts seen {pool.restarts_seen}, counters per shard {[s.get('counters') for s in stats['shards']]}")
+        assert killed_holding is not None, "the victim shard never held a request when checked"
+        assert pool.restarts_seen == 1
+        assert stats["resubmitted_per_shard"][1 - victim] == 0
+        assert 0 < stats["resubmitted_per_shard"][victim] <= len(mine)
+        other = stats["shards"][1 - victim]
+        assert ray.get(survivor.incarnation_id.remote()) == incarnation_before
+        # Each of the survivor's requests was admitted there exactly once, and only those.
+        assert other["counters"].get("submitted", 0) == total - len(mine)
+        assert other["counters"].get("ok", 0) == total - len(mine)
+        assert stats["inflight"] == stats["leased"] == 0
+    counts = Counter(r["request_id"] for r in records)
+    assert len(records) == total and set(counts) == {ln["request_id"] for _, ln in lines} and max(counts.values()) == 1
+    assert all(r["ok"] for r in records if r["request_id"] not in mine)
+    errors = Counter((r["error"]["type"], r["error"]["status"]) for r in records if not r["ok"])
+    assert set(errors) <= {("RequestTimeoutError", 504)}, errors
+    resources_settled()

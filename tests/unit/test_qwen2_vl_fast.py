@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ray_mm.microbench import make_bench_model
+from ray_mm.bench.micro_media import make_bench_model
 from ray_mm.models.qwen2_vl import Qwen2VLAdapter
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, QwenPixelPath
 from tests.unit.media_factory import noisy_rgb, noisy_video

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats import percentile
+
 ARRIVAL_KINDS = ("poisson", "uniform")
 
 
@@ -111,7 +113,7 @@ def latencies(arrivals: Sequence[float], done: Sequence[float | None]) -> list[f
 
 
 def _pct_ms(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=float), q) * 1e3) if len(values) else float("nan")
+    return percentile(values, q) * 1e3
 
 
 def latency_summary(
