@@ -304,3 +304,33 @@ def test_engine_consumers_hand_off_in_the_engines_form(
         image = payload["multi_modal_data"]["image"]
         assert image["image_embeds"].shape[0] == rec["items"][0]["num_tokens"]
         assert image["image_grid_thw"].tolist() == [rec["items"][0]["grid_thw"]]
+
+
+def test_cancel_and_duplicate_ids_reach_the_owning_shard(
+    cluster: LocalCluster, model_dir: Path, served: tuple[Path, str], config: RayMMConfig
+) -> None:
+    """With two coordinator shards, ``cancel`` and the 409 for an id in flight go to the shard that
+    holds the request: each shard's requests are cancelled and refused there, the others finish."""
+    from ray_mm.errors import RequestError
+    from ray_mm.pool.shards import shard_of
+
+    media, base = served
+    ids = [f"s{k}" for k in range(40)]
+    by_shard = {s: [i for i in ids if shard_of(i, 2) == s][:2] for s in (0, 1)}
+    assert all(len(v) == 2 for v in by_shard.values())
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, coordinators=2, consumer="noop", consumer_delay_s=1.0, pull_batch_size=1)
+    with Pool(str(model_dir), config, cfg) as pool:
+        for rid in [*by_shard[0], *by_shard[1]]:
+            pool.submit({"request_id": rid, "prompt": IMG, "images": [f"{base}/small.jpg?{rid}"]})
+        for s in (0, 1):
+            with pytest.raises(RequestError) as err:
+                pool.submit({"request_id": by_shard[s][0], "prompt": IMG, "images": [f"{base}/small.jpg"]})
+            assert err.value.status == 409
+            assert pool.cancel(by_shard[s][1]) is True
+        records = {r["request_id"]: r for r in pool.results(timeout_s=120)}
+        per_shard = [ray.get(c.stats.remote())["counters"] for c in pool.coordinators]
+    assert sorted(records) == sorted([*by_shard[0], *by_shard[1]])
+    for s in (0, 1):
+        assert records[by_shard[s][0]]["ok"], records[by_shard[s][0]]
+        assert records[by_shard[s][1]]["error"]["status"] == 499
+        assert per_shard[s].get("cancelled") == 1
