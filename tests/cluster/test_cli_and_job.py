@@ -85,6 +85,29 @@ def test_run_writes_the_same_records_as_align(tmp_path: Path, model_dir: Path, r
 
 
 def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_file: Path) -> None:
+    out = tmp_path / "job-out.jsonl"
+    # A head whose job API stops answering (its dashboard unreachable for minutes: seen once in a dozen
+    # full-suite runs on this shared 2-core machine) says nothing about ray-mm: the job runs again on a
+    # fresh head, once. The first head is stopped (and its job with it) and its output removed first,
+    # so no record comes from two runs.
+    for attempt in (1, 2):
+        out.unlink(missing_ok=True)
+        try:
+            _submit_job_to_fresh_head(model_dir, request_file, out)
+            break
+        except _JobApiGone as exc:
+            if attempt == 2:
+                raise AssertionError(f"the job API of two fresh heads stopped answering: {exc}") from None
+    records = _records(out)
+    assert sorted(records) == ["chat", "ids", "mismatch", "text"]
+    assert [records[r]["ok"] for r in ("chat", "ids", "mismatch", "text")] == [True, True, False, True]
+
+
+class _JobApiGone(Exception):
+    """The head's job API stopped answering (connection refused or timed out) before the job was submitted."""
+
+
+def _submit_job_to_fresh_head(model_dir: Path, request_file: Path, out: Path) -> None:
     gcs, dash, agent = free_port(), free_port(), free_port()
     # Ray 2.60 heads require a token for the job API; give head and client the same fresh one.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
@@ -99,7 +122,6 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_f
         env=_env() | auth | {"RAY_max_direct_call_object_size": "4096"},
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    out = tmp_path / "job-out.jsonl"
     env = _env() | auth
     try:
         address = f"http://{LOOPBACK}:{dash}"
@@ -122,15 +144,12 @@ def test_ray_job_submit_to_local_head(tmp_path: Path, model_dir: Path, request_f
     finally:
         _stop_group(head)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    records = _records(out)
-    assert sorted(records) == ["chat", "ids", "mismatch", "text"]
-    assert [records[r]["ok"] for r in ("chat", "ids", "mismatch", "text")] == [True, True, False, True]
 
 
 # The head's HTTP server answers before its job module (a subprocess behind it) and its dashboard
 # agent are up; until then a job call fails (a 500 "No available agent", or a dropped connection).
 # Ray's advice is to try again, so these helpers do, within a bound, and never submit a job twice.
-JOB_API_WAIT_S = 180
+JOB_API_WAIT_S = 120
 
 
 def _wait_for_job_api(ray_job: list[str], at: str, env: dict[str, str], head: subprocess.Popen[bytes]) -> None:
@@ -155,7 +174,11 @@ def _submit_once(submit: list[str], status: list[str], env: dict[str, str]) -> N
             return
         if subprocess.run(status, env=env, timeout=120, capture_output=True, text=True).returncode == 0:
             return  # the job was created; only the reply was lost
-        assert time.monotonic() < deadline, (job.stdout + job.stderr)[-3000:]
+        if time.monotonic() > deadline:
+            message = (job.stdout + job.stderr)[-3000:]
+            if "Failed to connect to Ray at address" in message:
+                raise _JobApiGone(message[-300:])  # never submitted: the caller may use a fresh head
+            raise AssertionError(message)
         time.sleep(2)
 
 
