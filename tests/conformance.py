@@ -227,7 +227,7 @@ def check_features(family: Family, rec: Mapping[str, Any], item_features: Sequen
             np.testing.assert_array_equal(ours, theirs, err_msg=name)
 
 
-def check_unpadded_items(checked: Checked) -> None:
+def check_unpadded_items(checked: Checked) -> int:
     """For ``padded_outputs`` families whose processor pads images to the request's largest (LLaVA-NeXT,
     Pixtral): the processor itself with ``do_pad=False`` (no tensor conversion: the arrays are ragged) gives
     HF's ids, and each image's ``pixel_values`` and ``image_sizes`` equal ray-mm's item's exactly."""
@@ -240,13 +240,13 @@ def check_unpadded_items(checked: Checked) -> None:
     for theirs, ours in zip(out["pixel_values"], items):
         np.testing.assert_allclose(ours["pixel_values"][0], theirs.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_array_equal(np.concatenate([f["image_sizes"] for f in items]), np.asarray(out["image_sizes"]))
+    return len(items)
 
 
-def check_legacy_roundtrip(checked: Checked) -> None:
+def check_legacy_roundtrip(checked: Checked) -> list[dict[str, Any]]:
     """HF's own expanded ids with ``skip_tokenizer_init``: legacy path, ids unchanged, same offsets;
-    then the same with the first item left compact (one placeholder token)."""
-    check_legacy_ids(checked, checked.hf_ids, "legacy")
-    check_legacy_ids(checked, compact_first_item(checked), "mixed")
+    then the same with the first item left compact (one placeholder token). Returns both records."""
+    return [check_legacy_ids(checked, checked.hf_ids, "legacy"), check_legacy_ids(checked, compact_first_item(checked), "mixed")]
 
 
 # --------------------------------------------------------------------------- the checked request again
@@ -298,20 +298,20 @@ def check_corruptions(checked: Checked, kinds: Sequence[str] = ("short_run", "te
 
 def check_count_mismatches(checked: Checked, prompts: Sequence[str], *, modality: str = "image",
                            ids: Sequence[int] | None = None, extra: Sequence[int] | None = None,
-                           phrases: Sequence[str] = ()) -> None:
+                           phrases: Sequence[str] = ()) -> list[str]:
     """Placeholders and items that do not pair up are refused (400 ``AlignmentError``, messages with
     ``phrases``) both ways, as prompts and as ids: each of ``prompts`` (one placeholder too many or too
     few for the request's media); ``ids`` (default HF's) plus ``extra`` (default one compact ``modality``
-    placeholder); ``ids`` with the request's last ``modality`` item dropped."""
-    for prompt in prompts:
-        assert_alignment_error(rerun(checked, "prompt", prompt=prompt), *phrases)
+    placeholder); ``ids`` with the request's last ``modality`` item dropped. Returns the refusals' messages."""
+    messages = [assert_alignment_error(rerun(checked, "prompt", prompt=prompt), *phrases) for prompt in prompts]
     ids = list(checked.hf_ids if ids is None else ids)
     extra = [checked.pre.adapter.placeholder_token_ids[modality]] if extra is None else list(extra)
-    assert_alignment_error(run_ids(checked, "more", ids + extra), *phrases)
+    messages.append(assert_alignment_error(run_ids(checked, "more", ids + extra), *phrases))
     key = f"{modality}s"
     items = media_entries(checked.line)[key]
     assert items, f"the request has no {key} to drop one of"
-    assert_alignment_error(run_ids(checked, "fewer", ids, **{key: items[:-1]}), *phrases)
+    messages.append(assert_alignment_error(run_ids(checked, "fewer", ids, **{key: items[:-1]}), *phrases))
+    return messages
 
 
 def item_spans(checked: Checked) -> list[tuple[int, int, str]]:
@@ -450,10 +450,10 @@ def pack(item_features: Sequence[Mapping[str, Any]], names: Sequence[str], axes:
 
 
 def check_whole_request_rows(encoded: Encoded, inputs: Mapping[str, np.ndarray], *,
-                             method: str | Callable[..., Any] = "get_image_features", modality: str | None = None) -> None:
+                             method: str | Callable[..., Any] = "get_image_features", modality: str | None = None) -> int:
     """The model's own feature path (``method`` of the encoder, or a function called on it) on the whole
     request's ``inputs`` (the processor's arrays, or ``pack``'s) gives the same rows, within 1e-5, as the
-    items one by one (those of ``modality``, default all), in prompt order."""
+    items one by one (those of ``modality``, default all), in prompt order. Returns how many rows were compared."""
     import torch
 
     call = getattr(encoded.encoder, method) if isinstance(method, str) else lambda **kw: method(encoded.encoder, **kw)
@@ -464,6 +464,7 @@ def check_whole_request_rows(encoded: Encoded, inputs: Mapping[str, np.ndarray],
     # One (tokens, hidden) tensor per item, or all rows in one tensor: flattened to rows either way.
     theirs = torch.cat([t.reshape(-1, t.shape[-1]) for t in whole])
     torch.testing.assert_close(theirs, torch.cat(ours), atol=1e-5, rtol=1e-5)
+    return int(theirs.shape[0])
 
 
 def check_vision_tower(adapter: Any, processor: Any, model_cls: Any, video_options: Mapping[str, Any] | None = None) -> Any:

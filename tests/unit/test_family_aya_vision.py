@@ -65,12 +65,14 @@ def test_placeholders_side_by_side(model: Path, media: Path) -> None:
     """Bracketed expansions: bare placeholders touching each other are told apart, as text and as compact ids."""
     line = {"request_id": "adj", "prompt": f"{IMG}{IMG}{IMG}", "images": ["one.png", "odd.jpg", "one.png"]}
     checked = cf.check_request(model, AYA, line, media)
-    cf.check_legacy_roundtrip(checked)
-    cf.check_legacy_ids(checked, checked.pre.adapter.tokenize(line["prompt"]), "adj-ids")
+    records = [*cf.check_legacy_roundtrip(checked), cf.check_legacy_ids(checked, checked.pre.adapter.tokenize(line["prompt"]), "adj-ids")]
+    assert all(len(r["items"]) == 3 for r in records)
+    assert records[-1]["items"][0]["hash"] == records[-1]["items"][2]["hash"] != records[-1]["items"][1]["hash"]
 
 
 def test_compact_ids_from_the_client(several: cf.Checked) -> None:
-    cf.check_legacy_ids(several, several.pre.adapter.tokenize(several.line["prompt"]), "compact")
+    rec = cf.check_legacy_ids(several, several.pre.adapter.tokenize(several.line["prompt"]), "compact")
+    assert len(rec["input_ids"]) > len(several.pre.adapter.tokenize(several.line["prompt"]))  # every item expanded
 
 
 def test_chat_messages(model: Path, media: Path) -> None:
@@ -97,11 +99,13 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Ch
 
 def test_count_mismatches_both_ways_are_400s(several: cf.Checked) -> None:
     prompt = several.line["prompt"]
-    cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(IMG, "", 1)))
+    messages = cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(IMG, "", 1)))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(several: cf.Checked, media: Path) -> None:
     """Per item, one embedding per ``<|IMG_PATCH|>``; the model on the processor's whole ``pixel_values`` gives the same rows."""
     encoded = cf.check_encoder_rows(several.pre, several.line)
     ref = cf.oracle(several.pre.adapter.model_dir, AYA, several.line["prompt"], several.line, media)
-    cf.check_whole_request_rows(encoded, {"pixel_values": ref["pixel_values"]})
+    rows = cf.check_whole_request_rows(encoded, {"pixel_values": ref["pixel_values"]})
+    assert rows == sum(i["num_tokens"] for i in several.record["items"])

@@ -64,7 +64,8 @@ def test_one_image(model: Path, media: Path) -> None:
 
 
 def test_several_images_of_odd_sizes(model: Path, media: Path) -> None:
-    cf.check_several_images(model, FAMILY, media)
+    checked = cf.check_several_images(model, FAMILY, media)
+    assert len(checked.record["items"]) == 4 and all(len(i["offsets"]) == 1 for i in checked.record["items"])
 
 
 @pytest.mark.parametrize(("entry", "seconds"), [(NFRAMES, ["0", "1"]), (FPS, ["0", "1", "2"])], ids=["nframes", "fps"])
@@ -95,8 +96,8 @@ def test_legacy_with_images_expanded_and_the_video_compact(mixed: cf.Checked) ->
 def test_legacy_with_the_video_expanded(model: Path, media: Path, mixed: cf.Checked) -> None:
     """A video's runs are <|image|> tokens: the scan still gives them to the video (its full expansion is there)."""
     checked = cf.check_request(model, FAMILY, {"request_id": "v", "prompt": f"Watch {VID}", "videos": [NFRAMES]}, media)
-    cf.check_legacy_roundtrip(checked)
-    cf.check_legacy_roundtrip(mixed)  # image first (compact in the mix), then the expanded video, then an image
+    records = cf.check_legacy_roundtrip(checked) + cf.check_legacy_roundtrip(mixed)  # mixed: image, video, image
+    assert [[i["modality"] for i in r["items"]] for r in records[2:]] == [["image", "video", "image"]] * 2
 
 
 @pytest.mark.parametrize("prompt", [
@@ -162,7 +163,8 @@ def test_corrupted_expansions_are_400s(mixed: cf.Checked, model: Path, media: Pa
 def test_count_mismatches_both_ways_are_400s(mixed: cf.Checked) -> None:
     prompts = (f"A{IMG}\n{VID}B {IMG}.{IMG}", f"A{IMG}\n{VID}B.", f"A{IMG}{VID}{VID}{IMG}")
     # As ids: the request's compact ids (one placeholder per item), not HF's.
-    cf.check_count_mismatches(mixed, prompts, ids=mixed.pre.adapter.tokenize(f"A{IMG}\n{VID}B {IMG}."))
+    messages = cf.check_count_mismatches(mixed, prompts, ids=mixed.pre.adapter.tokenize(f"A{IMG}\n{VID}B {IMG}."))
+    assert len(messages) == len(prompts) + 2  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(mixed: cf.Checked) -> None:

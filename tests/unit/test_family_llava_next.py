@@ -69,11 +69,12 @@ def test_several_images_with_different_tile_counts(several: cf.Checked, media: P
 def test_items_are_the_processors_unpadded_images(several: cf.Checked) -> None:
     """The processor itself, with ``do_pad=False`` (and no tensor conversion, as the tile counts differ):
     each image's tiles equal ray-mm's item exactly."""
-    cf.check_unpadded_items(several)
+    assert cf.check_unpadded_items(several) == len(several.line["images"])
 
 
 def test_compact_ids_from_the_client(several: cf.Checked) -> None:
-    cf.check_legacy_ids(several, several.pre.adapter.tokenize(several.line["prompt"]), "compact")
+    rec = cf.check_legacy_ids(several, several.pre.adapter.tokenize(several.line["prompt"]), "compact")
+    assert len(rec["input_ids"]) > len(several.pre.adapter.tokenize(several.line["prompt"]))  # every item expanded
 
 
 def test_chat_messages(model: Path, media: Path) -> None:
@@ -106,7 +107,8 @@ def test_placeholders_side_by_side(side_by_side: cf.Checked) -> None:
 @pytest.mark.parametrize("form", ["hf_ids", "compact"])
 def test_placeholders_side_by_side_as_ids(side_by_side: cf.Checked, form: str) -> None:
     ids = side_by_side.hf_ids if form == "hf_ids" else side_by_side.pre.adapter.tokenize(side_by_side.line["prompt"])
-    cf.check_legacy_ids(side_by_side, ids, form)
+    rec = cf.check_legacy_ids(side_by_side, ids, form)
+    assert len(rec["items"]) == len(side_by_side.record["items"])
 
 
 def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Checked) -> None:

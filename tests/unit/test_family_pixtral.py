@@ -71,12 +71,13 @@ def test_several_odd_images_padded_by_the_processor(several: cf.Checked, media: 
 def test_items_are_the_processors_unpadded_images(several: cf.Checked, media: Path) -> None:
     """The processor itself, with ``do_pad=False`` (and no tensor conversion, as the arrays are ragged):
     each image's array equals ray-mm's item exactly."""
-    cf.check_unpadded_items(several)
+    assert cf.check_unpadded_items(several) == len(several.line["images"])
 
 
 def test_compact_ids_from_the_client(several: cf.Checked) -> None:
     """``skip_tokenizer_init`` with every item compact: the legacy scan expands each."""
-    cf.check_legacy_ids(several, several.pre.adapter.tokenize(several.line["prompt"]), "compact")
+    rec = cf.check_legacy_ids(several, several.pre.adapter.tokenize(several.line["prompt"]), "compact")
+    assert len(rec["input_ids"]) > len(several.pre.adapter.tokenize(several.line["prompt"]))  # every item expanded
 
 
 def test_chat_messages(model: Path, media: Path) -> None:
@@ -109,7 +110,8 @@ def test_placeholders_side_by_side(side_by_side: cf.Checked) -> None:
 @pytest.mark.parametrize("form", ["compact", "first_compact"])
 def test_placeholders_side_by_side_as_ids(side_by_side: cf.Checked, form: str) -> None:
     ids = side_by_side.pre.adapter.tokenize(side_by_side.line["prompt"]) if form == "compact" else cf.compact_first_item(side_by_side)
-    cf.check_legacy_ids(side_by_side, ids, form)
+    rec = cf.check_legacy_ids(side_by_side, ids, form)
+    assert len(rec["items"]) == len(side_by_side.record["items"])
 
 
 def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Checked) -> None:
@@ -124,11 +126,13 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Ch
 
 def test_count_mismatches_both_ways_are_400s(several: cf.Checked) -> None:
     prompt = several.line["prompt"]
-    cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(IMG, "", 1)))
+    messages = cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(IMG, "", 1)))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(several: cf.Checked, media: Path) -> None:
     """Per item, one embedding per [IMG]; and the model on the processor's padded batch gives the same rows."""
     encoded = cf.check_encoder_rows(several.pre, several.line)
     ref = cf.oracle(several.pre.adapter.model_dir, PIXTRAL, several.line["prompt"], several.line, media)
-    cf.check_whole_request_rows(encoded, {k: ref[k] for k in ("pixel_values", "image_sizes")})
+    rows = cf.check_whole_request_rows(encoded, {k: ref[k] for k in ("pixel_values", "image_sizes")})
+    assert rows == sum(i["num_tokens"] for i in several.record["items"])
