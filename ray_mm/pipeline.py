@@ -71,11 +71,7 @@ class Preprocessor:
             render_chat=self.adapter.apply_chat_template,
             vocab_size=self.adapter.vocab_size,
         )
-        n_items = len(req.items())
-        if n_items > self.config.media.max_items_per_request:
-            raise MediaLimitError(
-                f"request {req.request_id}: {n_items} media items, over the cap of {self.config.media.max_items_per_request}"
-            )
+        self._check_item_count(req)
         accepted = self.adapter.input_modalities
         for modality in MODALITIES:
             if req.media.get(modality) and modality not in accepted:
@@ -95,11 +91,7 @@ class Preprocessor:
             return {}
         merge = getattr(self.adapter, "merge_size", None)
         given_runs = split_bundles(req, ids, frozenset(self.adapter.feature_token_ids.values()), int(merge) if merge else None)
-        n_items = len(req.items())
-        if n_items > self.config.media.max_items_per_request:
-            raise MediaLimitError(
-                f"request {req.request_id}: {n_items} media items, over the cap of {self.config.media.max_items_per_request}"
-            )
+        self._check_item_count(req)  # again: one engine dict may hold many items
         for spec in req.items():
             if is_precomputed(spec.source) and spec.given is None and spec.modality not in self.adapter.precomputed_modalities:
                 # Aligned as one run of its tokens: wrong for a family whose items expand into structures
@@ -107,6 +99,13 @@ class Preprocessor:
                 raise RequestError(f"{spec.label}: precomputed {spec.modality} features without 'offsets' are not accepted by "
                                    f"adapter {self.adapter.name!r} (its items expand into more than one run of tokens)")
         return given_runs
+
+    def _check_item_count(self, req: ParsedRequest) -> None:
+        n_items = len(req.items())
+        if n_items > self.config.media.max_items_per_request:
+            raise MediaLimitError(
+                f"request {req.request_id}: {n_items} media items, over the cap of {self.config.media.max_items_per_request}"
+            )
 
     def _check_video_entries(self, req: ParsedRequest, chat: bool) -> None:
         """A frame-expanding adapter takes videos among the images unless it places ``videos`` entries itself.
