@@ -4,7 +4,7 @@ alignment, ready queue, leases, and the per-request waits of the HTTP front end
 
 It awaits only item *metadata*; feature objects stay in the object store and
 travel as ObjectRefs to the GPU workers. Policy and bookkeeping live in pure classes
-(``ray_mm.scheduling``: worker choice, leases, crash counts; ``ray_mm.pool``: ready queue,
+(``ray_mm.pool.scheduling``: worker choice, leases, crash counts; ``ray_mm.pool``: ready queue,
 feature slots, deadlines, shard routing); this actor holds the asyncio waits and the Ray calls.
 With ``PoolConfig.coordinators = K`` there are K of these, each holding only the requests whose
 id hashes to it (``ray_mm.pool.shard_of``) and the limits of its share (``shard_config``).
@@ -27,13 +27,13 @@ import ray
 from actors import metrics
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError, PoolSaturatedError, RequestError, RequestTimeoutError
-from ray_mm.http_api import FEATURE_REFS_KEY
 from ray_mm.logs import RateLimitedLog
 from ray_mm.pipeline import Prepared, Preprocessor, RequestOutcome, success_record
 from ray_mm.pool import Deadlines, FeatureSlots, ReadyQueue
-from ray_mm.pool_config import PoolConfig
+from ray_mm.pool.config import PoolConfig
+from ray_mm.pool.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
 from ray_mm.request import request_id_of
-from ray_mm.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
+from ray_mm.serve.http_api import FEATURE_REFS_KEY
 
 logger = logging.getLogger("ray_mm.actors.coordinator")
 

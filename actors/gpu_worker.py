@@ -29,9 +29,9 @@ import numpy as np
 import ray
 
 from actors import metrics
-from ray_mm.engine_consumer import EngineConsumer, parse_consumer
-from ray_mm.pool_config import PoolConfig
-from ray_mm.staging import HostStaging
+from ray_mm.handoff.consumers import EngineConsumer, parse_consumer
+from ray_mm.handoff.staging import HostStaging
+from ray_mm.pool.config import PoolConfig
 
 logger = logging.getLogger("ray_mm.actors.gpu_worker")
 

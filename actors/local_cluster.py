@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from ray_mm.pool_config import DEFAULT_CPU_RESOURCE, LocalClusterSpec
+from ray_mm.pool.config import DEFAULT_CPU_RESOURCE, LocalClusterSpec
 
 LOOPBACK = "127.0.0.1"
 # Features above this many bytes go to the shared object store instead of being

@@ -35,7 +35,7 @@ import ray
 from ray_mm.buffers import ArenaPool, CallArena, output_arena
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError
-from ray_mm.pool_config import PoolConfig
+from ray_mm.pool.config import PoolConfig
 from ray_mm.types import MediaSpec
 
 logger = logging.getLogger("ray_mm.actors.media_worker")

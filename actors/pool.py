@@ -37,7 +37,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import MMError, PoolSaturatedError
 from ray_mm.pool import merge_stats, shard_config, shard_names, shard_of, split_by_shard
-from ray_mm.pool_config import PoolConfig
+from ray_mm.pool.config import PoolConfig
 from ray_mm.request import request_id_of
 
 from .coordinator import Coordinator
@@ -427,7 +427,7 @@ class Pool:
         record per line. Lines are admitted ``batch`` at a time, in one call per coordinator shard. A line
         the coordinator refuses (its id is still in flight, e.g. twice in one batch) gets the
         refusal as its record (``RequestError`` 409), and the batch goes on. (``ray-mm run`` and
-        ``align`` drop such repeats before, with ``ray_mm.io.dedupe``, so their records do not
+        ``align`` drop such repeats before, with ``ray_mm.request.jsonl.dedupe``, so their records do not
         depend on timing.)"""
         source = iter(lines)
         backlog: list[tuple[str, Any]] = []

@@ -3,7 +3,7 @@
 It owns the HTTP side only: routes, the body cap, one ``Coordinator.submit_and_wait`` call per
 request (each caller awaits its own record; resubmitted once if the coordinator restarts), reading
 a request's features for inline answers and engine hand-off metadata, statuses, ``Retry-After`` and
-the HTTP metrics. Parsing, limits and the error-to-status rules are pure (``ray_mm.http_api``).
+the HTTP metrics. Parsing, limits and the error-to-status rules are pure (``ray_mm.serve.http_api``).
 
 The pool is started by whoever runs the app (``ray-mm serve``, a test, a benchmark) and found by
 its coordinator's name, so replicas hold no pool state: any replica can answer any request, and a
@@ -29,10 +29,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from actors import metrics
-from ray_mm import http_api
 from ray_mm.errors import MMError, RequestTimeoutError
 from ray_mm.pool import shard_of
 from ray_mm.request import request_id_of
+from ray_mm.serve import http_api
 
 logger = logging.getLogger("ray_mm.actors.serve")
 
@@ -245,7 +245,7 @@ def _merge_health(shards: list[dict[str, Any]]) -> dict[str, Any]:
 def _handoff(fmt: str, record: dict[str, Any], features: list[dict[str, Any]], adapter: Any) -> Any:
     """The engine payload's metadata (arrays as shape/dtype), built by ``ray_mm.handoff``."""
     from ray_mm import handoff
-    from ray_mm.mrope import mrope_positions, mrope_spec_for
+    from ray_mm.handoff.mrope import mrope_positions, mrope_spec_for
 
     spec = mrope_spec_for(adapter)  # Qwen families: the payload carries M-RoPE positions (described) and delta
     mrope = mrope_positions(record["input_ids"], record["items"], spec) if spec is not None else None

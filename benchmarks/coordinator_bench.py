@@ -15,8 +15,8 @@ from ray_mm.bench.micro_media import make_bench_model
 from ray_mm.bench.phases import start_cluster as _start_cluster
 from ray_mm.bench.pool import run_pool
 from ray_mm.bench.workload import Workload, coordinator_lines, write_bench_media
+from ray_mm.cli.demo import serve_directory
 from ray_mm.config import RayMMConfig
-from ray_mm.demo import serve_directory
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -32,9 +32,9 @@ from actors.local_cluster import start_local_cluster  # noqa: E402
 from actors.pool import Pool  # noqa: E402
 from ray_mm.bench.cpu import TreeCpu, descendants, proc_cpu  # noqa: E402
 from ray_mm.config import RayMMConfig  # noqa: E402
+from ray_mm.media.synth import make_image  # noqa: E402
 from ray_mm.models import make_model  # noqa: E402
-from ray_mm.pool_config import LocalClusterSpec, PoolConfig  # noqa: E402
-from ray_mm.synth import make_image  # noqa: E402
+from ray_mm.pool.config import LocalClusterSpec, PoolConfig  # noqa: E402
 
 IMAGE_PH = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGES_PER_REQUEST = 4

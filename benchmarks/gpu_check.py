@@ -41,8 +41,8 @@ def _normalisation_parity(torch: Any) -> dict[str, Any]:
     from PIL import Image
     from transformers import AutoProcessor
 
+    from ray_mm.media.synth import make_image
     from ray_mm.models import load_adapter, make_model
-    from ray_mm.synth import make_image
 
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(tmp, "qwen2_vl")
@@ -99,7 +99,7 @@ def main() -> int:
             "pin_then_h2d_gb_s": _bandwidth(lambda: dst.copy_(store_tensor.pin_memory(), non_blocking=True), nbytes,
                                             args.repeats, sync),
         }
-        from ray_mm.staging import HostStaging
+        from ray_mm.handoff.staging import HostStaging
 
         staging = HostStaging(device)  # what the GPU worker uses: one reused pinned buffer
         out["h2d_via_reused_staging_gb_s"] = _bandwidth(lambda: staging.to_device([from_store]), nbytes, args.repeats, sync)

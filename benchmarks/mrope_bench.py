@@ -26,9 +26,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ray_mm.handoff.mrope import MropeSpec, _pattern, mrope_positions, mrope_spec_for  # noqa: E402
 from ray_mm.models import load_adapter  # noqa: E402
 from ray_mm.models.make_model import make_model  # noqa: E402
-from ray_mm.mrope import MropeSpec, _pattern, mrope_positions, mrope_spec_for  # noqa: E402
 
 TARGET_US = 500.0  # the coordinator's CPU budget for M-RoPE per 4-image request
 

@@ -28,12 +28,12 @@ import httpx  # noqa: E402
 from actors.local_cluster import LOOPBACK, free_port, start_local_cluster  # noqa: E402
 from actors.pool import Pool  # noqa: E402
 from actors.serve import build_app, coordinator_name, start, stop  # noqa: E402
+from ray_mm.cli.demo import serve_directory  # noqa: E402
 from ray_mm.config import MediaPolicy, RayMMConfig  # noqa: E402
-from ray_mm.demo import serve_directory  # noqa: E402
-from ray_mm.http_api import ServeSettings  # noqa: E402
+from ray_mm.media.synth import make_image  # noqa: E402
 from ray_mm.models import make_model  # noqa: E402
-from ray_mm.pool_config import LocalClusterSpec, NodeGroup, PoolConfig  # noqa: E402
-from ray_mm.synth import make_image  # noqa: E402
+from ray_mm.pool.config import LocalClusterSpec, NodeGroup, PoolConfig  # noqa: E402
+from ray_mm.serve.http_api import ServeSettings  # noqa: E402
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hostile_se
 from actors.local_cluster import start_local_cluster  # noqa: E402
 from actors.pool import Pool  # noqa: E402
 from ray_mm.config import MediaPolicy, RayMMConfig  # noqa: E402
+from ray_mm.media.synth import make_image  # noqa: E402
 from ray_mm.models import make_model  # noqa: E402
-from ray_mm.pool_config import LocalClusterSpec, NodeGroup, PoolConfig  # noqa: E402
-from ray_mm.synth import make_image  # noqa: E402
+from ray_mm.pool.config import LocalClusterSpec, NodeGroup, PoolConfig  # noqa: E402
 from tests.hostile_server import hostile_server  # noqa: E402
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -18,7 +18,7 @@ import numpy as np
 
 from actors.local_cluster import start_local_cluster
 from ray_mm.bench.cpu import TreeCpu as _TreeCpu
-from ray_mm.pool_config import LocalClusterSpec
+from ray_mm.pool.config import LocalClusterSpec
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

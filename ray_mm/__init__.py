@@ -24,7 +24,7 @@ from .errors import (
     RequestError,
     RequestTimeoutError,
 )
-from .pool_config import PoolConfig, load_pool_config
+from .pool.config import PoolConfig, load_pool_config
 from .types import Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
 
 _LAZY = {

@@ -28,9 +28,9 @@ from .errors import AlignmentError, InternalError, MediaLimitError, MediaUnsuppo
 from .media import DecodedMedia, DecodedVideo, MediaLoader, is_precomputed
 from .media.loader import FetchedMedia
 from .models import ModelAdapter, load_adapter
-from .precomputed import payload_nbytes, precomputed_features
-from .precomputed_bundle import bundle_size_hint, split_bundles
 from .request import parse_request, request_id_of
+from .request.bundle import bundle_size_hint, split_bundles
+from .request.precomputed import payload_nbytes, precomputed_features
 from .types import MODALITIES, Alignment, ItemMeta, MediaSpec, ParsedRequest, ProcessedItem
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ class MediaSpec:
     source: Any  # str (URL, data: URI, path), bytes, PIL image, numpy array, or a precomputed-feature dict
     options: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
-    # For one item split out of an engine's per-modality dict (``ray_mm.precomputed_bundle``): what the
+    # For one item split out of an engine's per-modality dict (``ray_mm.request.bundle``): what the
     # dict said of it (``expansion`` from its offsets, ``num_tokens``, ``hash``, ``runs``); None otherwise.
     given: dict[str, Any] | None = None
 

@@ -45,8 +45,8 @@ from transformers import AutoProcessor
 from ray_mm.align import expansion_of
 from ray_mm.config import MediaPolicy, RayMMConfig
 from ray_mm.media import MediaLoader
+from ray_mm.media.synth import make_audio, make_image, make_video
 from ray_mm.pipeline import Preprocessor, RequestOutcome, video_metadata
-from ray_mm.synth import make_audio, make_image, make_video
 from ray_mm.types import MediaSpec
 
 # Outputs of the processor that are not media features.

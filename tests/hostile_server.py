@@ -14,7 +14,7 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ray_mm.demo import serve_directory
+from ray_mm.cli.demo import serve_directory
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

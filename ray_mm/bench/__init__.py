@@ -12,7 +12,7 @@ By concern (see BENCHMARKS.md for what each measures):
 - :mod:`.phases` (the run order, one Ray cluster), :mod:`.targets`, :mod:`.report`, :mod:`.cli`.
 
 Nothing here imports Ray at module level; the names below load their module on first use, so
-importing the package (``ray_mm.runner`` does, for :func:`percentile`) stays cheap.
+importing the package (``ray_mm.cli.run`` does, for :func:`percentile`) stays cheap.
 """
 
 from __future__ import annotations

@@ -120,8 +120,8 @@ def image_per_core(model_dir: str | Path, n: int = 20, width: int = 1920, height
 
     from ..config import RayMMConfig
     from ..media import ImageMediaIO
+    from ..media.synth import make_image
     from ..models import load_adapter
-    from ..synth import make_image
 
     jpeg = make_image(width, height, "JPEG", seed=1)
     cfg = json.loads((Path(model_dir) / "processor_config.json").read_text())["image_processor"]
@@ -189,8 +189,8 @@ def family_image_per_core(families: list[str] | None = None, n: int = 10, width:
 
     from ..config import RayMMConfig
     from ..media import ImageMediaIO
+    from ..media.synth import make_image
     from ..models import FAMILY_SPECS, load_adapter, make_model
-    from ..synth import make_image
 
     jpeg = make_image(width, height, "JPEG", seed=1)
     image_io = ImageMediaIO(RayMMConfig().media)

@@ -56,7 +56,7 @@ def video_sampling(
     """
     from ..config import RayMMConfig
     from ..media import VideoMediaIO
-    from ..synth import make_video
+    from ..media.synth import make_video
 
     clip = make_video(width, height, fps=fps, seconds=seconds, gop=gop, seed=2)
     cfg = RayMMConfig()

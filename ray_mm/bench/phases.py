@@ -24,7 +24,7 @@ from .workload import IMAGE_PH, IMAGES_PER_REQUEST, Workload, audio_lines, coord
 
 def tiny_workload(work: Path, base: str, model: str, quick: bool) -> Workload:
     """Coordinator-bound: 4 tiny JPEGs per request (3 files repeated, so the feature cache hits), cache on."""
-    from ..synth import make_image
+    from ..media.synth import make_image
 
     for k in range(3):
         (work / "media" / f"tiny_{k}.jpeg").write_bytes(make_image(56, 56, "JPEG", seed=k))
@@ -44,7 +44,7 @@ def start_cluster() -> Any:
     from actors.local_cluster import start_local_cluster
 
     try:
-        from ray_mm.pool_config import LocalClusterSpec
+        from ray_mm.pool.config import LocalClusterSpec
     except ImportError:  # older layout: keyword sizes
         return start_local_cluster(cpu_nodes=2, cpus_per_node=1, gpu_nodes=1, object_store_bytes=1 << 30)
     return start_local_cluster(LocalClusterSpec(), object_store_bytes=1 << 30)
@@ -63,9 +63,9 @@ def run_pipelines(work: Path, quick: bool, n_image: int, n_video: int, n_audio: 
                   paced: PacedOptions | None = None, feature_cache: bool = False, object_store: bool = True,
                   shards: bool = True) -> dict[str, Any]:
     """Every pipeline on one workload; one Ray cluster for all Ray phases (the in-process ones run with none up)."""
-    from ..demo import serve_directory
+    from ..cli.demo import serve_directory
     from ..models import make_model
-    from ..pool_config import DEFAULT_CPU_RESOURCE
+    from ..pool.config import DEFAULT_CPU_RESOURCE
 
     media = work / "media"
     names = write_bench_media(media, audio=n_audio > 0)

@@ -29,7 +29,7 @@ def run_pool(
     """
     from actors.pool import Pool
 
-    from ..pool_config import PoolConfig
+    from ..pool.config import PoolConfig
 
     cfg = PoolConfig(cpu_workers=workers, gpu_workers=1, consumer="noop", max_inflight_requests=max(64, len(w.lines) + 8),
                      **(pool_settings or {}))
@@ -138,7 +138,7 @@ def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: i
     """
     from actors.pool import Pool
 
-    from ..pool_config import PoolConfig
+    from ..pool.config import PoolConfig
 
     if "coordinators" not in PoolConfig.model_fields:
         return {"skipped": "PoolConfig has no 'coordinators' field (coordinator shards not built)"}

@@ -32,7 +32,7 @@ class Workload:
 
 def write_bench_media(directory: Path, audio: bool) -> dict[str, list[str]]:
     """1080p and 640x480 JPEGs, 800x600 PNGs, 10 s 360p H.264 clips (30 fps, keyframe every 2 s), 30 s AAC."""
-    from ..synth import make_audio, make_image, make_video
+    from ..media.synth import make_audio, make_image, make_video
 
     directory.mkdir(parents=True, exist_ok=True)
     names: dict[str, list[str]] = {"jpeg_1080p": [], "jpeg_480p": [], "png": [], "video": [], "audio": []}

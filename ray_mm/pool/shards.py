@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from ray_mm.pool_config import PoolConfig
+from ray_mm.pool.config import PoolConfig
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from actors.local_cluster import LocalCluster, start_local_cluster  # noqa: E402
-from ray_mm.pool_config import LocalClusterSpec, NodeGroup  # noqa: E402
+from ray_mm.pool.config import LocalClusterSpec, NodeGroup  # noqa: E402
 
 
 @pytest.fixture(scope="module")

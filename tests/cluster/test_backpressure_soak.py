@@ -27,9 +27,9 @@ from ray._private.internal_api import get_memory_info_reply, get_state_from_addr
 from actors.local_cluster import LocalCluster
 from actors.pool import Pool
 from ray_mm.config import RayMMConfig
+from ray_mm.media.synth import make_image
 from ray_mm.models import make_model
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image
+from ray_mm.pool.config import PoolConfig
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 pytestmark = pytest.mark.cluster

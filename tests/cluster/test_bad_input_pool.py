@@ -25,8 +25,8 @@ import ray  # noqa: E402
 from actors.local_cluster import LocalCluster, start_local_cluster  # noqa: E402
 from actors.pool import Pool  # noqa: E402
 from ray_mm.config import RayMMConfig  # noqa: E402
-from ray_mm.io import read_requests  # noqa: E402
-from ray_mm.pool_config import LocalClusterSpec, NodeGroup, PoolConfig  # noqa: E402
+from ray_mm.pool.config import LocalClusterSpec, NodeGroup, PoolConfig  # noqa: E402
+from ray_mm.request.jsonl import read_requests  # noqa: E402
 from tests.bad_input_corpus import AUDIO, VL, Case, Corpus, build_corpus, check_record, serve_corpus_media, write_requests  # noqa: E402
 
 pytestmark = pytest.mark.cluster

@@ -17,9 +17,9 @@ import pytest
 from actors.local_cluster import LocalCluster
 from actors.pool import Pool
 from ray_mm import cli
+from ray_mm.media.synth import make_image
 from ray_mm.models import make_model
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image
+from ray_mm.pool.config import PoolConfig
 
 pytestmark = pytest.mark.cluster
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -25,9 +25,9 @@ import ray
 from actors.local_cluster import LocalCluster
 from actors.pool import Pool
 from ray_mm.config import RayMMConfig
+from ray_mm.media.synth import make_image
 from ray_mm.models import make_model
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image
+from ray_mm.pool.config import PoolConfig
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 RESOURCE_KEYS = ("CPU", "mm_cpu", "mm_gpu")

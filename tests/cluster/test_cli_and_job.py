@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from actors.local_cluster import LOOPBACK, free_port
+from ray_mm.media.synth import make_image, make_video
 from ray_mm.models import load_adapter, make_model
-from ray_mm.synth import make_image, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

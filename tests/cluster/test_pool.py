@@ -15,13 +15,13 @@ import ray
 
 from actors.local_cluster import LOOPBACK, LocalCluster
 from actors.pool import Pool
+from ray_mm.cli.demo import serve_directory
 from ray_mm.config import MediaPolicy, RayMMConfig
-from ray_mm.demo import serve_directory
 from ray_mm.errors import PoolSaturatedError
+from ray_mm.media.synth import make_image, make_video
 from ray_mm.models import load_adapter, make_model
 from ray_mm.pipeline import Preprocessor
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image, make_video
+from ray_mm.pool.config import PoolConfig
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VID = "<|vision_start|><|video_pad|><|vision_end|>"

@@ -15,9 +15,9 @@ import pytest
 from actors.local_cluster import LocalCluster
 from actors.pool import Pool
 from ray_mm.config import MediaPolicy, RayMMConfig
+from ray_mm.media.synth import make_image
 from ray_mm.models import make_model
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image
+from ray_mm.pool.config import PoolConfig
 from tests.cluster.crashing_adapter import ADAPTER, CRASH_LOG, MARKER_RGB
 from tests.hostile_server import hostile_server
 

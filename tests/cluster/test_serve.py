@@ -21,14 +21,15 @@ import ray
 from actors.local_cluster import LOOPBACK, LocalCluster, free_port
 from actors.pool import Pool
 from actors.serve import build_app, coordinator_name, read_serve_config, start, stop
-from ray_mm import handoff, http_api
+from ray_mm import handoff
+from ray_mm.cli.demo import serve_directory
 from ray_mm.config import MediaPolicy, RayMMConfig
-from ray_mm.demo import serve_directory
+from ray_mm.handoff.mrope import mrope_positions, mrope_spec_for
+from ray_mm.media.synth import make_image
 from ray_mm.models import load_adapter, make_model
-from ray_mm.mrope import mrope_positions, mrope_spec_for
 from ray_mm.pipeline import Preprocessor
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image
+from ray_mm.pool.config import PoolConfig
+from ray_mm.serve import http_api
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 COMPARED = ("ok", "path", "input_ids", "items")
@@ -336,7 +337,7 @@ def test_serve_config_file_is_serves_own_schema() -> None:
 
 def test_cli_options_flags_over_serve_config() -> None:
     from ray_mm.cli import build_parser
-    from ray_mm.serve_cli import serve_options
+    from ray_mm.cli.serve import serve_options
 
     args = build_parser().parse_args(["serve", "--serve-config", str(CONFIG_ROOT / "serve.yaml"), "--port", "9001", "--replicas", "3"])
     opts = serve_options(args)

@@ -14,12 +14,12 @@ import ray
 from actors.local_cluster import LOOPBACK, LocalCluster, free_port
 from actors.pool import Pool
 from actors.serve import build_app, coordinator_name, start, stop
-from ray_mm import http_api
 from ray_mm.config import RayMMConfig
+from ray_mm.media.synth import make_image
 from ray_mm.models import make_model
 from ray_mm.pool import shard_of
-from ray_mm.pool_config import PoolConfig
-from ray_mm.synth import make_image
+from ray_mm.pool.config import PoolConfig
+from ray_mm.serve import http_api
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 pytestmark = pytest.mark.cluster

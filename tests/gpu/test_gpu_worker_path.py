@@ -17,8 +17,8 @@ IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 
 def _image_item(model_dir: Path, tmp_path: Path, transport: str):  # noqa: ANN202
     from ray_mm.config import MediaPolicy, RayMMConfig
+    from ray_mm.media.synth import make_image
     from ray_mm.pipeline import Preprocessor
-    from ray_mm.synth import make_image
 
     (tmp_path / "a.jpg").write_bytes(make_image(1280, 720, seed=5))
     config = RayMMConfig(media=MediaPolicy(allowed_local_media_path=str(tmp_path)), transport=transport)
@@ -49,7 +49,7 @@ def test_vision_tower_on_gpu_gives_one_row_per_token(qwen2_vl_dir: Path, tmp_pat
 
 
 def test_host_staging_on_gpu_reuses_one_pinned_buffer() -> None:
-    from ray_mm.staging import HostStaging
+    from ray_mm.handoff.staging import HostStaging
 
     staging = HostStaging("cuda")
     rng = np.random.default_rng(0)

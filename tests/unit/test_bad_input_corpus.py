@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from ray_mm.config import RayMMConfig
-from ray_mm.io import read_requests
 from ray_mm.pipeline import Preprocessor, RequestOutcome
+from ray_mm.request.jsonl import read_requests
 from tests.bad_input_corpus import (
     AUDIO,
     VL,

@@ -1,4 +1,4 @@
-"""A batch never aborts because of one line: request-file reading, duplicate ids (``ray_mm.io.dedupe``)
+"""A batch never aborts because of one line: request-file reading, duplicate ids (``ray_mm.request.jsonl.dedupe``)
 and ``ray-mm align`` on a file with a repeated id, bad JSON and lines that are not objects."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from ray_mm import cli
 from ray_mm.errors import RequestError
-from ray_mm.io import dedupe, read_requests
-from ray_mm.synth import make_image
+from ray_mm.media.synth import make_image
+from ray_mm.request.jsonl import dedupe, read_requests
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 URI = "data:image/jpeg;base64," + base64.b64encode(make_image(64, 48, seed=4)).decode()

@@ -22,7 +22,7 @@ def test_percentile_interpolates_and_is_nan_when_empty() -> None:
 
 
 def test_runner_summary_uses_the_shared_percentile() -> None:
-    from ray_mm.runner import format_summary
+    from ray_mm.cli.run import format_summary
 
     records = [{"ok": True, "items": [], "path": "fast", "timings": {"fetch_s": v}} for v in (0.001, 0.002, 0.003, 0.004)]
     text = format_summary(records, [], 1.0)

@@ -14,9 +14,9 @@ from transformers import AutoProcessor
 
 from ray_mm.buffers import CallArena, active_arena, new_output, output_arena
 from ray_mm.config import MediaPolicy, RayMMConfig
+from ray_mm.media.synth import make_image
 from ray_mm.models import load_adapter
 from ray_mm.pipeline import Preprocessor
-from ray_mm.synth import make_image
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 

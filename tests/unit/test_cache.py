@@ -9,8 +9,8 @@ import pytest
 
 from ray_mm.cache import FeatureCache
 from ray_mm.config import MediaPolicy, RayMMConfig
+from ray_mm.media.synth import make_image
 from ray_mm.pipeline import Preprocessor
-from ray_mm.synth import make_image
 from ray_mm.types import ItemMeta, ProcessedItem
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_mm.pool_config import LocalClusterSpec, PoolConfig, load_local_cluster_spec
+from ray_mm.pool.config import LocalClusterSpec, PoolConfig, load_local_cluster_spec
 
 CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
 

@@ -1,4 +1,4 @@
-"""The HTTP contract of ray-mm serve without Ray (ray_mm.http_api): query and body parsing, request ids,
+"""The HTTP contract of ray-mm serve without Ray (ray_mm.serve.http_api): query and body parsing, request ids,
 size caps, statuses, and the inline features npz."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from ray_mm import http_api
 from ray_mm.errors import InternalError, MediaPolicyError, PoolSaturatedError, RequestError
+from ray_mm.serve import http_api
 
 
 def test_parse_query_defaults_and_values() -> None:
@@ -139,7 +139,7 @@ def test_http_api_does_not_import_ray() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, ray_mm.http_api, ray_mm.serve_cli\n"
+    code = ("import sys, ray_mm.serve.http_api, ray_mm.cli.serve\n"
             "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.') or m.startswith('actors'))\n"
             "print(','.join(bad)); sys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

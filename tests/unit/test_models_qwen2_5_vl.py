@@ -15,9 +15,9 @@ import pytest
 from transformers import AutoProcessor
 
 from ray_mm.errors import MediaUnsupportedError
-from ray_mm.io import dump_features
 from ray_mm.models import load_adapter
 from ray_mm.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from ray_mm.request.jsonl import dump_features
 from tests import conformance as cf
 
 IMG, VID = cf.QWEN_IMAGE, cf.QWEN_VIDEO

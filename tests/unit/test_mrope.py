@@ -1,4 +1,4 @@
-"""M-RoPE positions (:mod:`ray_mm.mrope`) against the Hugging Face model's own ``get_rope_index``.
+"""M-RoPE positions (:mod:`ray_mm.handoff.mrope`) against the Hugging Face model's own ``get_rope_index``.
 
 Oracle, end to end in HF: the family's ``AutoProcessor`` on the whole request (ids,
 ``mm_token_type_ids``, grids, ``second_per_grid_ts`` as the model gets them) then
@@ -22,8 +22,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoProcessor
 
+from ray_mm.handoff.mrope import MropeSpec, mrope_positions, mrope_spec_for
 from ray_mm.models import load_adapter
-from ray_mm.mrope import MropeSpec, mrope_positions, mrope_spec_for
 from ray_mm.pipeline import Preprocessor
 from tests import conformance as cf
 

@@ -16,8 +16,8 @@ from transformers import AutoProcessor
 
 from ray_mm.config import MediaPolicy, RayMMConfig
 from ray_mm.media import MediaLoader
+from ray_mm.media.synth import make_audio, make_image, make_video
 from ray_mm.pipeline import Preprocessor
-from ray_mm.synth import make_audio, make_image, make_video
 from ray_mm.types import MediaSpec
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"

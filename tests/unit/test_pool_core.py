@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from ray_mm.cli.run import format_summary
 from ray_mm.pool import Deadlines, FeatureSlots, ReadyQueue, merge_stats, shard_config, shard_names, shard_of, split_by_shard
-from ray_mm.pool_config import PoolConfig
-from ray_mm.runner import format_summary
+from ray_mm.pool.config import PoolConfig
 
 # --------------------------------------------------------------------------- shards
 

@@ -12,8 +12,8 @@ from transformers import AutoProcessor
 
 from ray_mm.config import MediaPolicy, RayMMConfig
 from ray_mm.errors import MediaLimitError
+from ray_mm.media.synth import make_image
 from ray_mm.pipeline import Preprocessor
-from ray_mm.synth import make_image
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 

@@ -36,7 +36,8 @@ def test_error_hierarchy_and_statuses() -> None:
 
 def test_core_modules_do_not_import_ray() -> None:
     code = (
-        "import sys, ray_mm, ray_mm.pipeline, ray_mm.cli, ray_mm.align, ray_mm.media, ray_mm.models, ray_mm.scheduling\n"
+        "import sys, ray_mm, ray_mm.pipeline, ray_mm.cli, ray_mm.align, ray_mm.media, ray_mm.models, ray_mm.pool,"
+        " ray_mm.request, ray_mm.handoff, ray_mm.serve\n"
         "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.') or m.startswith('actors'))\n"
         "print(','.join(bad)); sys.exit(1 if bad else 0)\n"
     )

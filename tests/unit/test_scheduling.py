@@ -1,11 +1,11 @@
-"""The pool's pure bookkeeping (ray_mm.scheduling): worker choice and leases, no Ray."""
+"""The pool's pure bookkeeping (ray_mm.pool.scheduling): worker choice and leases, no Ray."""
 
 from __future__ import annotations
 
 import pytest
 
-from ray_mm.pool_config import PoolConfig
-from ray_mm.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
+from ray_mm.pool.config import PoolConfig
+from ray_mm.pool.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
 
 # --------------------------------------------------------------------------- WorkerSelector
 

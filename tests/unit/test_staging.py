@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ray_mm.staging import HostStaging
+from ray_mm.handoff.staging import HostStaging
 
 
 def _request(rows: int, seed: int) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ class UsageError(Exception):
 
 
 def _cmd_make_model(args: argparse.Namespace) -> int:
-    from .models import make_model
+    from ..models import make_model
 
     path = make_model(args.dir, args.family)
     print(f"wrote tiny {args.family} model to {path}")
@@ -31,10 +31,10 @@ def _cmd_make_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .errors import MMError
-    from .io import dedupe, dump_features, summarize, write_record
-    from .pipeline import Preprocessor, RequestOutcome
+    from ..config import load_config
+    from ..errors import MMError
+    from ..pipeline import Preprocessor, RequestOutcome
+    from ..request.jsonl import dedupe, dump_features, summarize, write_record
 
     config = load_config(args.config)
     check_model_dir(args.model)
@@ -73,7 +73,7 @@ def check_model_dir(model: str | None) -> None:
 
 def open_requests(path: str) -> Any:
     """``read_requests(path)``, opened now: a file that cannot be opened is a usage error."""
-    from .io import read_requests
+    from ..request.jsonl import read_requests
 
     try:
         return read_requests(path)
@@ -117,7 +117,7 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models.make_model import FAMILIES
+    from ..models.make_model import FAMILIES
 
     parser = argparse.ArgumentParser(prog="ray-mm", description="Multimodal preprocessing for VLM serving on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,20 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_level(al)
     al.set_defaults(func=_cmd_align)
 
-    from .runner import add_run_parser
+    from .run import add_run_parser
 
     add_run_parser(sub)
-    from .serve_cli import add_serve_parser
+    from .serve import add_serve_parser
 
     add_serve_parser(sub)
-    from .bench.cli import add_bench_parser
+    from ..bench.cli import add_bench_parser
 
     add_bench_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
+    from ..config import ConfigError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -9,8 +9,8 @@ from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
-from .errors import RequestError
-from .request import request_id_of
+from ..errors import RequestError
+from .parse import request_id_of
 
 DUPLICATE_STATUS = 409  # the id is taken by an earlier line of the same batch (a conflict, not a malformed line)
 

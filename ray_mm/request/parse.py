@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .errors import RequestError
-from .types import MODALITIES, MediaSpec, ParsedRequest
+from ..errors import RequestError
+from ..types import MODALITIES, MediaSpec, ParsedRequest
 
 _LIST_KEYS = {"image": "images", "video": "videos", "audio": "audios"}
 _KNOWN_KEYS = {"request_id", "prompt", "input_ids", "skip_tokenizer_init", "messages", *_LIST_KEYS.values()}

@@ -10,7 +10,7 @@ themselves, one row per placeholder token, with the item's other processor outpu
 through instead of running the encoder. An item carries them as ``embedding``.
 
 One dict holding several items, with ``offsets`` / ``hash`` / ``pad_value`` (SGLang's
-per-modality form), is split into items first: :mod:`ray_mm.precomputed_bundle`.
+per-modality form), is split into items first: :mod:`ray_mm.request.bundle`.
 
 Arrays may be nested lists, numpy arrays (in process), or ``{"npy": base64}``
 (the bytes of ``numpy.save``). :func:`payload_nbytes` sizes a payload without
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MMError, RequestError
-from .media import canonical_options, content_hash
-from .types import ItemFeatures, MediaSpec
+from ..errors import MMError, RequestError
+from ..media import canonical_options, content_hash
+from ..types import ItemFeatures, MediaSpec
 
 PRIMARY = {"image": "pixel_values", "video": "pixel_values_videos", "audio": "input_features"}
 GRID = {"image": "image_grid_thw", "video": "video_grid_thw"}

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RequestError
-from .media import is_precomputed
+from ..errors import RequestError
+from ..media import is_precomputed
+from ..types import Expansion, MediaSpec, ParsedRequest
 from .precomputed import GRID, METADATA_KEYS, PRIMARY, as_array
-from .types import Expansion, MediaSpec, ParsedRequest
 
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 EMBEDDING_KEYS = ("feature", "embedding")

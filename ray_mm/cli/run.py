@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .bench.stats import percentile
-from .cli import UsageError, add_log_level, check_model_dir, open_output, open_requests
-from .config import RayMMConfig
-from .errors import MMError
-from .io import dedupe, write_record
-from .pool_config import LocalClusterSpec, PoolConfig, load_local_cluster_spec, load_pool_config
+from ..bench.stats import percentile
+from ..config import RayMMConfig
+from ..errors import MMError
+from ..pool.config import LocalClusterSpec, PoolConfig, load_local_cluster_spec, load_pool_config
+from ..request.jsonl import dedupe, write_record
+from .main import UsageError, add_log_level, check_model_dir, open_output, open_requests
 
 DEFAULT_LOCAL_SPEC = "cluster_configs/local.yaml"
 
@@ -91,7 +91,7 @@ def _check_model(model: str | None, adapter: str | None) -> None:
     check_model_dir(model)
     if model is None:
         return
-    from .models import load_adapter
+    from ..models import load_adapter
 
     try:
         load_adapter(model, adapter)
@@ -123,7 +123,7 @@ def _workloads(
     lines: list[tuple[str, Any]] | None,
 ) -> list[dict[str, Any]]:
     """``lines``: the request file's ``(fallback_id, line)``, already through ``dedupe``; None: the demo."""
-    from .models import load_adapter, make_model
+    from ..models import load_adapter, make_model
 
     if lines is not None:
         model = args.model or str(make_model(tmp / "qwen2_vl", "qwen2_vl"))
@@ -161,7 +161,7 @@ def _run_workloads(
 
     from actors.pool import Pool
 
-    from .pipeline import RequestOutcome
+    from ..pipeline import RequestOutcome
 
     records: list[dict[str, Any]] = []
     stats: list[dict[str, Any]] = []

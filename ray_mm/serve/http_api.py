@@ -19,9 +19,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import InternalError, MMError, RequestError
-from .precomputed import PRIMARY
-from .request import request_id_of
+from ..errors import InternalError, MMError, RequestError
+from ..request import request_id_of
+from ..request.precomputed import PRIMARY
 
 PREPROCESS_PATH = "/v1/preprocess"
 HEALTH_PATH = "/healthz"

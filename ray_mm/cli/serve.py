@@ -1,8 +1,8 @@
 """``ray-mm serve``: start (or join) a cluster, start the pool, put the HTTP front door in front of it.
 
-Like ``runner.py`` (whose cluster start-up it reuses), this reaches into ``actors`` and Ray only
+Like ``run.py`` (whose cluster start-up it reuses), this reaches into ``actors`` and Ray only
 inside the command. The front end itself is ``actors/serve.py``; the HTTP contract is
-``ray_mm/http_api.py``.
+``ray_mm/serve/http_api.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, add_log_level
+from .main import UsageError, add_log_level
 
 
 def add_serve_parser(sub: Any) -> None:
@@ -40,7 +40,7 @@ def add_serve_parser(sub: Any) -> None:
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     """Host, port, proxy location, route prefix and ``ServeSettings``: ``--serve-config`` first, flags over it."""
-    from .http_api import ServeSettings
+    from ..serve.http_api import ServeSettings
 
     opts: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "proxy_location": "HeadOnly", "route_prefix": "/",
                             "settings": ServeSettings()}
@@ -66,7 +66,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM, then shut down the app, the pool and (if started here) the cluster."""
-    from .runner import _connect, resolve_pool_setup
+    from .run import _connect, resolve_pool_setup
 
     core, pool_cfg, spec = resolve_pool_setup(args)
     opts = serve_options(args)
@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="ray-mm-serve-") as tmp:
             model = args.model
             if model is None:
-                from .models import make_model
+                from ..models import make_model
 
                 model = str(make_model(Path(tmp) / "qwen2_vl", "qwen2_vl"))
             with Pool(model, core, pool_cfg, args.adapter) as pool:

@@ -19,7 +19,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import handoff
+from . import engines as handoff
 
 FORMS = ("sglang", "sglang-embeds", "vllm")
 

@@ -1,6 +1,6 @@
 """The demo workload of ``ray-mm run``: generated media, a loopback HTTP server, request lines.
 
-Media are made with Pillow and PyAV (``ray_mm.synth``) and served from
+Media are made with Pillow and PyAV (``ray_mm.media.synth``) and served from
 127.0.0.1 or inlined as ``data:`` URIs. The workload mixes images, videos,
 chat messages, one ``skip_tokenizer_init`` request and one bad request.
 """
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .synth import make_audio, make_image, make_video
+from ..media.synth import make_audio, make_image, make_video
 
 LOOPBACK = "127.0.0.1"
 

@@ -8,7 +8,7 @@
   "feature": <embeddings>, <the other processor outputs, e.g. the grid>}`` (the pixel arrays, SGLang's
   ``FEATURE_NAMES``, are left out: the embeddings replace them). SGLang honours ``hash`` and
   ``pad_value`` when a dict holds one item; each dict also carries a ``ray_mm`` hint (per item hashes,
-  runs, spans and rows) that SGLang skips and ray-mm reads back (:mod:`ray_mm.precomputed_bundle`), so a
+  runs, spans and rows) that SGLang skips and ray-mm reads back (:mod:`ray_mm.request.bundle`), so a
   hand-off fed to ray-mm as a ``precomputed`` request gives the same record and features.
 - :func:`to_vllm`: vLLM's prompt dict (``vllm/inputs/data.py`` ``TokensPrompt``): ``prompt_token_ids``
   with ONE placeholder token per item (vLLM expands them itself; each item's ``span`` in the record is
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .types import MODALITIES
+from ..types import MODALITIES
 
 # SGLang's names for the pixel/audio arrays an embedding replaces (base_processor.py, FEATURE_NAMES).
 SGLANG_FEATURE_NAMES = frozenset({"pixel_values", "pixel_values_videos", "audio_features", "input_features"})

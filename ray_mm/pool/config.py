@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import RayMMConfig, load_config, read_yaml_mapping, validate_config
+from ..config import RayMMConfig, load_config, read_yaml_mapping, validate_config
 
 DEFAULT_CPU_RESOURCE = "mm_cpu"
 DEFAULT_GPU_RESOURCE = "mm_gpu"
