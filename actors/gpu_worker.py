@@ -289,11 +289,12 @@ class GpuWorker:
         self.copies_seen += sum(1 for a in arrays if a.flags.writeable)
         self.bytes_in += sum(a.nbytes for a in arrays)
         if self.cfg.consumer in ("noop", "digest"):
-            # Pulled and read, nothing run on them, not even uint8 normalisation: that is GPU work,
+            # Pulled and read, nothing run on them, not even finishing uint8 pixels: that is GPU work,
             # and on a simulated GPU node it would take CPU from the media workers it is measured against.
             embeddings = _noop_consumer(request, [])
         else:
-            # uint8 transport is normalised here, on the device (identity for float32 transport).
+            # uint8 transport: the resized pixels are rescaled, normalised and patchified here, on the
+            # device, into the processor's float32 values (identity for float32 features).
             tensors = [self.adapter.finish_features(item) for item in self._to_device(items)]
             engine_answer = None
             if self.engine is not None:

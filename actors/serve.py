@@ -187,7 +187,8 @@ class PreprocessServer:
             raise _Unavailable(f"request {rid}: its features were lost ({type(exc).__name__}); retry") from None
         by_ref = dict(zip(unique, lists))
         adapter = await self._get_adapter()
-        return [adapter.finish_features(by_ref[ref][k]) for ref, k in refs]
+        # uint8 transport: the pixels are rescaled, normalised and patchified here (CPU work: off the event loop).
+        return await asyncio.to_thread(lambda: [adapter.finish_features(by_ref[ref][k]) for ref, k in refs])
 
     async def _get_adapter(self) -> Any:
         if self._adapter is None:

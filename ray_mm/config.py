@@ -88,9 +88,11 @@ class RayMMConfig(_Strict):
     video: VideoSampling = Field(default_factory=VideoSampling, description="Video sampling.")
     audio: AudioSampling = Field(default_factory=AudioSampling, description="Audio decode.")
     transport: Literal["float32", "uint8"] = Field(
-        default="float32",
-        description="Feature transport. 'uint8': media workers ship resized uint8 patches (4x fewer bytes) and the "
-        "GPU worker normalises them (ModelAdapter.finish_features); 'float32': the processor's output as is.",
+        default="uint8",
+        description="Feature transport. 'uint8' (default): media workers ship each image / video once as its "
+        "resized uint8 pixels (1/8 of the float32 bytes for an image) and the GPU worker rescales, normalises and "
+        "patchifies them into the processor's float32 values (ModelAdapter.finish_features), for adapters that "
+        "take it (the Qwen-VL families); the others ship float32. 'float32': the processor's output as is.",
     )
     jpeg_draft: bool = Field(
         default=False,

@@ -55,6 +55,9 @@ class Preprocessor:
         self.adapter: ModelAdapter = load_adapter(model_dir, adapter)
         self.loader = MediaLoader(self.config)
         self.cache = FeatureCache(self.config.cache_bytes)
+        # The transport items actually ship in: uint8 only for adapters that take it (the others ship
+        # float32 whatever the config says); it keys the content-hash cache.
+        self.transport = "uint8" if self.config.transport == "uint8" and self.adapter.uint8_transport else "float32"
         target = getattr(self.adapter, "image_target_size", None)
         if self.config.jpeg_draft and target is not None:
             self.loader.image_draft_size = _draft_size(target)
@@ -202,7 +205,7 @@ class Preprocessor:
             return self.process_decoded(spec, self.loader.load(load_spec), load_spec, proc_options)
         if not self.cache.max_bytes:
             return self.process_decoded(spec, self.loader.decode(load_spec, fetched), load_spec, proc_options)
-        cache_key = (fetched.content_hash, self.adapter.name, self.config.transport, load_spec.modality)
+        cache_key = (fetched.content_hash, self.adapter.name, self.transport, load_spec.modality)
         cached = self.cache.get(cache_key)
         if cached is not None:
             for item in cached:
@@ -225,7 +228,7 @@ class Preprocessor:
         """Run the processor on an already decoded item and build its metadata."""
         if load_spec is None or proc_options is None:
             load_spec, proc_options = self.resolve_spec(spec)
-        process_options = {**proc_options, "transport": "uint8"} if self.config.transport == "uint8" else proc_options
+        process_options = {**proc_options, "transport": "uint8"} if self.transport == "uint8" else proc_options
         try:
             data = decoded.data.frames if isinstance(decoded.data, DecodedVideo) else decoded.data
             if isinstance(decoded.data, DecodedVideo) and self.adapter.takes_video_metadata:
@@ -313,7 +316,8 @@ class Preprocessor:
             logger.exception("request %s: internal fault", rid)
             return RequestOutcome.failure(rid, InternalError(f"request {rid}: internal error ({type(exc).__name__})"))
         by_meta = {id(p.meta): p for group in processed for p in group}
-        # Dumped features are what the model consumes: uint8 transport is normalised here as the GPU worker would.
+        # Dumped features are what the model consumes: uint8 pixels are finished (rescaled, normalised,
+        # patchified) here as the GPU worker would.
         finished = [self.adapter.finish_features(by_meta[id(item.meta)].features) for item in alignment.items]
         features = [f[by_meta[id(item.meta)].primary] for f, item in zip(finished, alignment.items)]
         timings = {**prepared.timings, "align_s": align_s, "total_s": time.perf_counter() - t0}

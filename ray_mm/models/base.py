@@ -119,6 +119,10 @@ class ModelAdapter(ABC):
     #: passes ``options["video_metadata"]`` (``fps``, ``total_num_frames``, ``frames_indices``,
     #: ``duration`` of the source), the form HF video processors take.
     takes_video_metadata: ClassVar[bool] = False
+    #: True when the adapter takes the uint8 transport (``options["transport"] == "uint8"``: ``process``
+    #: returns resized uint8 pixels, ``finish_features`` turns them into what the model consumes). The
+    #: pipeline passes the option only to such adapters; the others always ship their float32 output.
+    uint8_transport: ClassVar[bool] = False
     #: Modalities whose precomputed features (``processor_output`` / ``precomputed_embedding``) the adapter
     #: accepts: those whose expansion is one run of ``num_tokens`` feature tokens, counted from the grid.
     precomputed_modalities: ClassVar[frozenset[str]] = frozenset()
@@ -284,7 +288,7 @@ class ModelAdapter(ABC):
         return None
 
     def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
-        """Turn transported features into what the model consumes (identity unless uint8 transport)."""
+        """Turn transported features into what the model consumes (identity unless ``uint8_transport``)."""
         return dict(features)
 
     # ------------------------------------------------------------------ encoder

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ray_mm.models.base import as_numpy_features
-from ray_mm.models.qwen2_vl import Qwen2VLAdapter, _size_from_options, _transport_kwargs
+from ray_mm.models.qwen2_vl import Qwen2VLAdapter, _size_from_options, _transport_kwargs, pixels_from_patches
 from ray_mm.models.registry import register_adapter
 from ray_mm.types import ItemFeatures
 
@@ -79,10 +79,13 @@ class QwenSampledVideoAdapter(Qwen2VLAdapter):
         if size is not None:
             kwargs["size"] = size
         kwargs.update(do_sample_frames=False, video_metadata=[metadata], return_metadata=True, return_tensors="pt")
-        kwargs.update(_transport_kwargs(options))
+        uint8 = _transport_kwargs(options, kwargs)
+        kwargs.update(uint8)
         processed, replacements = self.processor._process_videos([frames], **kwargs)
         feats = as_numpy_features(processed, ("pixel_values_videos", "video_grid_thw"))
         grid = [int(x) for x in feats["video_grid_thw"][0]]
+        if uint8:  # the resized pixels, each frame once (finish_features patchifies them)
+            feats["pixel_values_videos"] = pixels_from_patches(proc, feats["pixel_values_videos"], grid, len(frames))
         item = ItemFeatures(
             modality="video",
             features=feats,

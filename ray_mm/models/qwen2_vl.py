@@ -16,13 +16,20 @@ import threading
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ray_mm.errors import MediaUnsupportedError
 from ray_mm.models.base import ModelAdapter, as_numpy_features, encoder_pixels, process_image_or_video
-from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, PixelResult, QwenPixelPath
+from ray_mm.models.qwen2_vl_fast import (
+    FastPathUnsupported,
+    PixelResult,
+    QwenPixelPath,
+    _as_tensor,
+    fused_mean_std,
+    patchify_uint8,
+)
 from ray_mm.models.registry import register_adapter
 from ray_mm.types import ItemFeatures, Modality
 
@@ -72,16 +79,39 @@ def _size_from_options(default_size: Any, options: Mapping[str, Any] | None) -> 
     return base
 
 
-def _transport_kwargs(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``transport="uint8"``: stop before rescale/normalise, so patches stay uint8 (4x fewer bytes)."""
-    if options and options.get("transport") == "uint8":
+#: Processor call kwargs that :meth:`Qwen2VLAdapter.finish_features` reads from the processor's attributes:
+#: where the processor's own default call kwargs set one, the HF path ships float32 (finishing would differ).
+_UINT8_FIXED = ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "rescale_factor",
+                "do_rescale", "do_normalize")
+
+
+def _wants_uint8(options: Mapping[str, Any] | None) -> bool:
+    """``transport="uint8"``: ship the resized uint8 pixels once; ``finish_features`` patchifies them."""
+    return bool(options) and options.get("transport") == "uint8"  # type: ignore[union-attr]
+
+
+def _transport_kwargs(options: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The HF path under the uint8 transport: stop before rescale/normalise (uint8 patches, which
+    :func:`pixels_from_patches` turns back into the resized pixels). Nothing where the call's own
+    ``kwargs`` set what ``finish_features`` assumes: that item ships float32."""
+    if _wants_uint8(options) and not any(k in kwargs for k in _UINT8_FIXED):
         return {"do_rescale": False, "do_normalize": False}
     return {}
 
 
-def _normalize_for_transport(options: Mapping[str, Any] | None) -> bool:
-    """False for the uint8 transport (patches stay uint8), True otherwise."""
-    return not (options and options.get("transport") == "uint8")
+def pixels_from_patches(proc: Any, patches: np.ndarray, grid: list[int], num_frames: int) -> np.ndarray:
+    """The resized ``(F, H, W, C)`` uint8 pixels inside the processor's uint8 patches (``do_rescale=False,
+    do_normalize=False``): patchify only moves values, so this is its inverse, keeping the first
+    ``num_frames`` frames (the processor's temporal tiling / last-frame padding dropped)."""
+    p, m, tp = int(proc.patch_size), int(proc.merge_size), int(proc.temporal_patch_size)
+    grid_t, grid_h, grid_w = grid
+    if grid_t != -(-num_frames // tp):  # pragma: no cover - a processor change
+        raise RuntimeError(f"{num_frames} frames but a temporal grid of {grid_t} (temporal patch {tp})")
+    channels = patches.shape[1] // (tp * p * p)
+    # rows (t, h/m, w/m, m, m), columns (C, Tp, p, p) -> (t, Tp, h/m, m, p, w/m, m, p, C)
+    blocks = patches.reshape(grid_t, grid_h // m, grid_w // m, m, m, channels, tp, p, p)
+    frames = blocks.transpose(0, 6, 1, 3, 7, 2, 4, 8, 5).reshape(grid_t * tp, grid_h * p, grid_w * p, channels)
+    return np.ascontiguousarray(frames[:num_frames])
 
 
 def _size_dict(size: Any) -> dict[str, int]:
@@ -199,7 +229,7 @@ class Qwen2VLAdapter(ModelAdapter):
         lo, hi = size.get("shortest_edge"), size.get("longest_edge")
         if not lo or not hi:
             return None
-        normalize = _normalize_for_transport(options)
+        normalize = not _wants_uint8(options)
         try:
             if modality == "image":
                 return path.image(data, min_pixels=lo, max_pixels=hi, normalize=normalize)
@@ -246,10 +276,13 @@ class Qwen2VLAdapter(ModelAdapter):
         if size is not None:
             kwargs["size"] = size
         kwargs.update(extra)
-        kwargs.update(_transport_kwargs(options))
+        uint8 = _transport_kwargs(options, kwargs)
+        kwargs.update(uint8)
         out = proc(**{f"{modality}s": [data]}, return_tensors="pt", **kwargs)
         feats = as_numpy_features(out, (pixels_key, grid_key))
         grid = [int(x) for x in feats[grid_key][0]]
+        if uint8:
+            feats[pixels_key] = pixels_from_patches(proc, feats[pixels_key], grid, 1 if modality == "image" else len(data))
         merge = int(kwargs.get("merge_size") or proc.merge_size)
         return ItemFeatures(
             modality=modality,
@@ -277,14 +310,16 @@ class Qwen2VLAdapter(ModelAdapter):
 
     # ------------------------------------------------------------------ uint8 transport
 
-    def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
-        """Normalise uint8 patches (the opt-in uint8 transport) into the processor's float32 values.
+    #: ``process`` ships resized uint8 pixels under the uint8 transport; ``finish_features`` patchifies them.
+    uint8_transport: ClassVar[bool] = True
 
-        The processor with ``do_rescale=False, do_normalize=False`` returns the resized pixels
-        already patchified, as uint8. Normalisation is per channel, and patchify only moves
-        values, so it is applied per column here, in float32 with the processor's own fused
-        constants ``(x - mean/rescale) / (std/rescale)``. Works on numpy arrays and on torch
-        tensors (on the GPU worker's device).
+    def finish_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
+        """Turn the uint8 transport's resized pixels into the processor's float32 patches (GPU side).
+
+        ``pixel_values`` / ``pixel_values_videos`` shipped as uint8 ``(F, H, W, 3)`` (each frame once)
+        become exactly what the processor returns: temporal tiling / last-frame padding, rescale +
+        normalise with the processor's fused constants, patchify (:func:`patchify_uint8`). Torch ops on
+        the tensors' device (the GPU worker's); numpy in, numpy out. Float32 features pass unchanged.
         """
         out = dict(features)
         for key, proc in (("pixel_values", self.processor.image_processor),
@@ -292,26 +327,19 @@ class Qwen2VLAdapter(ModelAdapter):
             value = out.get(key)
             if value is None or str(getattr(value, "dtype", "")).rsplit(".", 1)[-1] != "uint8":
                 continue
-            shift, scale = self._column_constants(proc)
-            if isinstance(value, np.ndarray):
-                out[key] = (value.astype(np.float32) - shift) / scale
-            else:
-                import torch
-
-                shift_t = torch.from_numpy(shift).to(value.device)
-                scale_t = torch.from_numpy(scale).to(value.device)
-                out[key] = (value.to(torch.float32) - shift_t) / scale_t
+            mean, std = self._finish_constants[key]
+            is_numpy = isinstance(value, np.ndarray)
+            tensor = _as_tensor(value) if is_numpy else value
+            patches = patchify_uint8(tensor, patch_size=int(proc.patch_size), merge_size=int(proc.merge_size),
+                                     temporal_patch_size=int(proc.temporal_patch_size), mean=mean, std=std)
+            out[key] = patches.numpy() if is_numpy else patches
         return out
 
-    @staticmethod
-    def _column_constants(proc: Any) -> tuple[np.ndarray, np.ndarray]:
-        channels = len(proc.image_mean)
-        per_channel = int(proc.temporal_patch_size) * int(proc.patch_size) ** 2
-        rescale = np.float32(proc.rescale_factor)
-        mean = np.asarray(proc.image_mean, dtype=np.float32) / rescale
-        std = np.asarray(proc.image_std, dtype=np.float32) / rescale
-        columns = np.repeat(np.arange(channels), per_channel)
-        return mean[columns].astype(np.float32), std[columns].astype(np.float32)
+    @cached_property
+    def _finish_constants(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {key: fused_mean_std(proc.image_mean, proc.image_std, float(proc.rescale_factor))
+                for key, proc in (("pixel_values", self.processor.image_processor),
+                                  ("pixel_values_videos", self.processor.video_processor))}
 
     # ------------------------------------------------------------------ encoder
 

@@ -30,7 +30,8 @@ import torch
 
 from ray_mm.buffers import new_output
 
-__all__ = ["FastPathUnsupported", "PixelResult", "PixelSettings", "QwenPixelPath", "ScratchArena"]
+__all__ = ["FastPathUnsupported", "PixelResult", "PixelSettings", "QwenPixelPath", "ScratchArena", "fused_mean_std",
+           "patchify_uint8"]
 
 # Float32 band of the normalisation scratch, in elements (4 MiB). Normalising a band of
 # merge rows at a time keeps the band in cache between the u8->f32 copy, the in-place
@@ -46,8 +47,10 @@ class FastPathUnsupported(Exception):
 class PixelResult:
     """One item's patches and grid, as the HF processor returns them for that item alone."""
 
-    #: ``(grid_t * grid_h * grid_w, C * temporal_patch_size * patch_size**2)``: float32 normalised
-    #: values, or uint8 resized pixels (the uint8 transport). Fresh, owned by the caller.
+    #: ``(grid_t * grid_h * grid_w, C * temporal_patch_size * patch_size**2)`` float32 normalised
+    #: patches; or, for the uint8 transport, the resized uint8 pixels once, ``(F, H, W, 3)`` (F = 1
+    #: for an image, the frame count of a video; no temporal tiling or padding, not patchified).
+    #: Fresh, owned by the caller.
     values: np.ndarray
     #: ``(grid_t, grid_h, grid_w)``, grid_h / grid_w in patches.
     grid_thw: tuple[int, int, int]
@@ -257,8 +260,9 @@ class QwenPixelPath:
 
     Built from an HF processor's attributes (:meth:`from_processor`). For the item it is
     given it returns exactly what the HF fast processor returns for that item:
-    ``pixel_values`` / ``pixel_values_videos`` (float32, or uint8 with ``normalize=False``,
-    the processor's ``do_rescale=False, do_normalize=False``) and the grid.
+    ``pixel_values`` / ``pixel_values_videos`` (float32) and the grid. With ``normalize=False``
+    (the uint8 transport) it returns the resized uint8 pixels instead, ``(F, H, W, 3)``, each
+    frame once; :func:`patchify_uint8` turns them into the float32 patches later (GPU side).
 
     How it matches HF bit for bit while doing less work:
 
@@ -377,7 +381,9 @@ class QwenPixelPath:
                                      s.min_pixels if min_pixels is None else int(min_pixels),
                                      s.max_pixels if max_pixels is None else int(max_pixels), video=False)
         resized = self._resize(src, new_h, new_w)
-        return self._patchify(resized, grid_t=1, normalize=normalize)
+        if not normalize:
+            return self._pixels(resized, grid_t=1)
+        return self._patchify(resized, grid_t=1)
 
     def video(self, frames: Any, *, min_pixels: int | None = None, max_pixels: int | None = None,
               normalize: bool = True) -> PixelResult:
@@ -398,7 +404,9 @@ class QwenPixelPath:
             new_h, new_w = _smart_resize(height, width, factor, lo, hi, video=True)
         resized = self._resize(src, new_h, new_w)
         grid_t = -(-num_frames // s.temporal_patch_size)
-        return self._patchify(resized, grid_t=grid_t, normalize=normalize)
+        if not normalize:
+            return self._pixels(resized, grid_t=grid_t)
+        return self._patchify(resized, grid_t=grid_t)
 
     # ------------------------------------------------------------------ steps
 
@@ -415,7 +423,16 @@ class QwenPixelPath:
         self._resize_op(src, [new_h, new_w], False, None, None, out=out)
         return out
 
-    def _patchify(self, frames: torch.Tensor, grid_t: int, normalize: bool) -> PixelResult:
+    def _pixels(self, frames: torch.Tensor, grid_t: int) -> PixelResult:
+        """The uint8 transport: ``frames`` ``(F, C>=3, H, W)`` (channels-last) as one fresh ``(F, H, W, 3)``
+        uint8 array, each frame once (one strided copy, dropping the RGBX padding byte)."""
+        p = self.settings.patch_size
+        num_frames, _, height, width = (int(x) for x in frames.shape)
+        out = new_output((num_frames, height, width, 3), torch.uint8)  # caller-owned, as in _patchify
+        out.copy_(frames[:, :3].permute(0, 2, 3, 1))
+        return PixelResult(out.numpy(), (grid_t, height // p, width // p))
+
+    def _patchify(self, frames: torch.Tensor, grid_t: int) -> PixelResult:
         """Patches of ``frames`` ``(F, C>=3, H, W)`` uint8: rows ``(t, h/m, w/m, m, m)``, columns ``(C, Tp, p, p)``.
 
         Temporal group ``g`` takes frames ``g*Tp ...``; slots past the last frame repeat the
@@ -431,36 +448,26 @@ class QwenPixelPath:
         # a media worker activates (ray_mm.buffers), whose pages are already mapped. Not np.empty:
         # numpy asks for transparent huge pages on big arrays, and on this VM a fresh 45 MB array
         # then measured ~100 ms to fill once earlier results stayed alive (~17 ms with 4 KiB pages).
-        out = new_output((grid_t * rows_per_group, 3 * tp * p * p), torch.float32 if normalize else torch.uint8)
+        out = new_output((grid_t * rows_per_group, 3 * tp * p * p), torch.float32)
         result = out.numpy()
         merge_rows = grid_h // m
         for g in range(grid_t):
             first = g * tp
             real = min(tp, num_frames - first)  # frames of this group; the rest repeat the last one
-            band_rows = merge_rows  # plain uint8 gather: one pass is fastest
-            if normalize:
-                per_merge_row = real * 3 * m * p * width
-                band_rows = max(1, min(merge_rows, _BAND_ELEMENTS // per_merge_row))
-                # Always ask for the full band capacity, so items of any size under it share one buffer.
-                band = self.arena.take("band", max(_BAND_ELEMENTS, per_merge_row), torch.float32)
+            per_merge_row = real * 3 * m * p * width
+            band_rows = max(1, min(merge_rows, _BAND_ELEMENTS // per_merge_row))
+            # Always ask for the full band capacity, so items of any size under it share one buffer.
+            band = self.arena.take("band", max(_BAND_ELEMENTS, per_merge_row), torch.float32)
             for b0 in range(0, merge_rows, band_rows):
                 nb = min(band_rows, merge_rows - b0)
                 y0, y1 = b0 * m * p, (b0 + nb) * m * p
                 src = frames[first : first + real, :3, y0:y1]
-                if normalize:
-                    scratch = band[: real * 3 * (y1 - y0) * width].view(real, 3, y1 - y0, width)
-                    scratch.copy_(src)  # u8 -> f32, as the processor's images.to(torch.float32)
-                    scratch.sub_(self._mean).div_(self._std)
-                    src = scratch
+                scratch = band[: real * 3 * (y1 - y0) * width].view(real, 3, y1 - y0, width)
+                scratch.copy_(src)  # u8 -> f32, as the processor's images.to(torch.float32)
+                scratch.sub_(self._mean).div_(self._std)
                 # (real, C, nb, m, p, w/m, m, p) -> (nb, w/m, m, m, C, real, p, p)
-                patches = src.unflatten(2, (nb, m, p)).unflatten(-1, (grid_w // m, m, p)).permute(2, 5, 3, 6, 1, 0, 4, 7)
+                patches = scratch.unflatten(2, (nb, m, p)).unflatten(-1, (grid_w // m, m, p)).permute(2, 5, 3, 6, 1, 0, 4, 7)
                 n_rows = nb * (grid_w // m) * m * m
-                if not normalize and real < tp:
-                    # Gather the byte-strided pixels once into patch order, then tile that
-                    # contiguous copy: 2.6 ms against 4.5 ms for gathering every slot from
-                    # the channels-last frames (1080p image).
-                    gathered = self.arena.take("patches_u8", n_rows * 3 * real * p * p, torch.uint8)
-                    patches = gathered.view(nb, grid_w // m, m, m, 3, real, p, p).copy_(patches)
                 r0 = g * rows_per_group + b0 * (grid_w // m) * m * m
                 dst = out[r0 : r0 + n_rows].view(nb, grid_w // m, m, m, 3, tp, p, p)
                 if real == tp:
@@ -471,3 +478,44 @@ class QwenPixelPath:
                     last = patches[:, :, :, :, :, real - 1 : real]
                     dst[:, :, :, :, :, real - 1 :].copy_(last.expand(-1, -1, -1, -1, -1, tp - real + 1, -1, -1))
         return PixelResult(result, (grid_t, grid_h, grid_w))
+
+
+def fused_mean_std(image_mean: Sequence[float], image_std: Sequence[float],
+                   rescale_factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The processor's fused rescale+normalise constants, as ``TorchvisionBackend._fuse_mean_std_and_rescale_factor``
+    computes them (a float32 tensor times a Python float), CPU float32, shape ``(C,)``."""
+    return (torch.tensor(list(image_mean)) * (1.0 / rescale_factor),
+            torch.tensor(list(image_std)) * (1.0 / rescale_factor))
+
+
+def patchify_uint8(pixels: torch.Tensor, *, patch_size: int, temporal_patch_size: int, merge_size: int,
+                   mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The uint8 transport's GPU side: resized uint8 pixels ``(F, H, W, C)`` (each frame once) to exactly
+    the processor's float32 patches ``(grid_t * grid_h * grid_w, C * Tp * p * p)``.
+
+    Torch ops on ``pixels``' device: u8 -> f32, ``sub(mean).div(std)`` with the fused constants
+    (:func:`fused_mean_std`; the processor's op order, so the values are bit for bit its own), frames
+    padded to a multiple of the temporal patch by repeating the last one (an image, F = 1, tiled over
+    it; a broadcast view, not a copy), then one copy into rows ``(t, h/m, w/m, m, m)`` and columns
+    ``(C, Tp, p, p)``, the order of the processors' ``patches.reshape(...).permute(...)``.
+    """
+    if pixels.ndim != 4 or pixels.dtype != torch.uint8:
+        raise ValueError(f"uint8 pixels must be (F, H, W, C) uint8, got {pixels.dtype} {tuple(pixels.shape)}")
+    num_frames, height, width, channels = (int(x) for x in pixels.shape)
+    p, m, tp = int(patch_size), int(merge_size), int(temporal_patch_size)
+    if num_frames == 0 or height % (p * m) or width % (p * m):
+        raise ValueError(f"uint8 pixels of shape {tuple(pixels.shape)} do not tile into {p * m}-pixel merge blocks")
+    device = pixels.device
+    # Normalised in the shipped (F, H, W, C) layout: elementwise, so the same values as on (C, H, W), and
+    # measured ~25x faster on CPU than on a channels-first view of it.
+    normed = pixels.to(torch.float32).sub_(mean.to(device)).div_(std.to(device))
+    grid_t, grid_h, grid_w = -(-num_frames // tp), height // p, width // p
+    pad = grid_t * tp - num_frames
+    if pad and num_frames == 1:  # an image: a view over the temporal patch, copied once by the reshape below
+        normed = normed.expand(grid_t * tp, -1, -1, -1)
+    elif pad:
+        normed = torch.cat([normed, normed[-1:].expand(pad, -1, -1, -1)])
+    # (grid_t, Tp, h/m, m, p, w/m, m, p, C) -> (grid_t, h/m, w/m, m, m, C, Tp, p, p)
+    patches = normed.reshape(grid_t, tp, grid_h // m, m, p, grid_w // m, m, p, channels)
+    patches = patches.permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return patches.reshape(grid_t * grid_h * grid_w, channels * tp * p * p)

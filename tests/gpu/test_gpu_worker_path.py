@@ -40,6 +40,27 @@ def test_uint8_normalised_on_gpu_matches_processor(qwen2_vl_dir: Path, tmp_path:
     np.testing.assert_allclose(finished["pixel_values"].cpu().numpy(), ref["pixel_values"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_uint8_pixels_finished_on_gpu_equal_the_cpu_finish(family: str, family_dir, tmp_path: Path) -> None:  # noqa: ANN001
+    """Images and videos (even and odd frame counts) shipped as uint8 pixels, finished on the GPU: the same
+    values as on the CPU, which tests/unit/test_uint8_transport.py checks against the HF processor."""
+    from ray_mm.models import load_adapter
+
+    adapter = load_adapter(str(family_dir(family)))
+    rng = np.random.default_rng(0)
+    meta = {"fps": 10.0, "total_num_frames": 50, "frames_indices": list(range(0, 50, 10)), "duration": 5.0}
+    items = [adapter.process("image", rng.integers(0, 256, (333, 517, 3), dtype=np.uint8), {"transport": "uint8"})[0]]
+    for frames in (4, 5):
+        options = {"transport": "uint8", "video_metadata": {**meta, "frames_indices": meta["frames_indices"][:frames]}}
+        video = rng.integers(0, 256, (frames, 90, 200, 3), dtype=np.uint8)
+        items.append(adapter.process("video", video, options)[0])
+    for item in items:
+        on_cpu = adapter.finish_features(item.features)[item.primary]
+        on_gpu = adapter.finish_features({k: torch.from_numpy(v).to("cuda") for k, v in item.features.items()})
+        assert on_gpu[item.primary].device.type == "cuda"
+        assert float(np.abs(on_gpu[item.primary].cpu().numpy() - on_cpu).max()) <= 1e-5
+
+
 def test_vision_tower_on_gpu_gives_one_row_per_token(qwen2_vl_dir: Path, tmp_path: Path) -> None:
     pre, item = _image_item(qwen2_vl_dir, tmp_path, "float32")
     module = pre.adapter.build_encoder().to("cuda")

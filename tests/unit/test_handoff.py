@@ -72,12 +72,25 @@ def _embeddings(record: dict[str, Any], hidden: int = 8) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("family", list(FAMILY_SPECS))
 def test_sglang_roundtrip(family: str, family_dir: Any, media: Path) -> None:
-    pre = Preprocessor(family_dir(family), cf.config_for(media))
+    # float32 transport: the record's feature_shape then names the processor's own array, as the
+    # precomputed request it comes back as does (under the uint8 transport it names the shipped pixels).
+    pre = Preprocessor(family_dir(family), cf.config_for(media).model_copy(update={"transport": "float32"}))
     out = pre.run(request_for(family, media))
     assert out.ok, out.record
     rec = out.record
 
     payload = handoff.to_sglang(rec, out.item_features)
+    # The default (uint8) transport hands the engine the very same payload: its features are finished.
+    out8 = Preprocessor(family_dir(family), cf.config_for(media)).run(request_for(family, media))
+    payload8 = handoff.to_sglang(out8.record, out8.item_features)
+    assert payload8["input_ids"] == payload["input_ids"]
+    for key in handoff.SGLANG_DATA_KEYS.values():
+        for body8, body in zip(payload8.get(key, []), payload.get(key, []), strict=True):
+            arrays = sorted(k for k, v in body.items() if isinstance(v, np.ndarray))
+            assert arrays and arrays == sorted(k for k, v in body8.items() if isinstance(v, np.ndarray))
+            for name in arrays:
+                assert body8[name].dtype == body[name].dtype, name
+                np.testing.assert_array_equal(body8[name], body[name], err_msg=name)
     assert payload["input_ids"] == rec["input_ids"]
     for modality in ("image", "video", "audio"):
         items = [i for i in rec["items"] if i["modality"] == modality]

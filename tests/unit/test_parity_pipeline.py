@@ -218,8 +218,11 @@ def test_uint8_transport_normalised_later_matches_processor(qwen2_vl_dir: Path, 
     req = pre8.prepare(line)
     processed = [pre8.process_item(spec) for spec in req.request.items()]
     shipped = [p for group in processed for p in group]
-    assert all(p.feature.dtype == np.uint8 for p in shipped)  # what travels is uint8: 4x fewer bytes
-    float_pre = Preprocessor(qwen2_vl_dir, base)
+    # What travels: each image / video once as its resized uint8 pixels (F, H, W, 3), 1/8 of the float32 bytes.
+    assert all(p.feature.dtype == np.uint8 and p.feature.ndim == 4 and p.feature.shape[-1] == 3 for p in shipped)
+    assert [p.meta.feature_shape for p in shipped] == [list(p.feature.shape) for p in shipped]
+    float_pre = Preprocessor(qwen2_vl_dir, base.model_copy(update={"transport": "float32"}))
+    assert float_pre.transport == "float32" and pre8.transport == "uint8"
     ref = float_pre.run(line)
     assert ref.ok
     out8 = pre8.run(line)

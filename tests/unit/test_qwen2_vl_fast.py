@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ray_mm.bench.micro_media import make_bench_model
-from ray_mm.models.qwen2_vl import Qwen2VLAdapter
+from ray_mm.models.qwen2_vl import Qwen2VLAdapter, pixels_from_patches
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, QwenPixelPath
 from tests.unit.media_factory import noisy_rgb, noisy_video
 
@@ -141,11 +141,14 @@ def test_uint8_transport_matches_processor(adapter: Qwen2VLAdapter, hf: Any) -> 
             (item,) = adapter.process(kind, data, {"transport": "uint8"})
             assert item.grid_thw == grid.tolist()
             got = item.features[key]
-            assert got.dtype == np.uint8
-            np.testing.assert_array_equal(got, u8)  # the raw resized pixels, bit for bit
+            # The resized pixels, each frame once, bit for bit those inside the processor's uint8 patches.
+            frames = 1 if kind == "image" else len(data)
+            assert got.dtype == np.uint8 and got.shape[0] == frames and got.ndim == 4
+            np.testing.assert_array_equal(got, pixels_from_patches(adapter.processor.image_processor, u8,
+                                                                   grid.tolist(), frames))
             finished = adapter.finish_features(item.features)[key]
             assert finished.dtype == np.float32
-            np.testing.assert_allclose(finished, f32, atol=1e-5, rtol=0)
+            np.testing.assert_array_equal(finished, f32)
 
 
 def test_per_item_pixel_options(adapter: Qwen2VLAdapter, hf: Any) -> None:

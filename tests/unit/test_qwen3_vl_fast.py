@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
+from ray_mm.models.qwen2_vl import pixels_from_patches
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, PixelSettings, QwenPixelPath
 from ray_mm.models.qwen3_vl import Qwen3VLAdapter
 from tests.unit.media_factory import noisy_rgb, noisy_video
@@ -157,9 +158,12 @@ def test_uint8_transport_matches_processor(adapter: Qwen3VLAdapter, hf: Any) -> 
             if kind == "video":
                 data, options["video_metadata"] = data
             (item,) = adapter.process(kind, data, options)
-            assert item.features[key].dtype == np.uint8
-            np.testing.assert_array_equal(item.features[key], u8)
-            np.testing.assert_allclose(adapter.finish_features(item.features)[key], f32, atol=1e-5, rtol=0)
+            # The resized pixels, each frame once, bit for bit those inside the processor's uint8 patches.
+            frames = 1 if kind == "image" else len(data)
+            assert item.features[key].dtype == np.uint8 and item.features[key].shape[0] == frames
+            np.testing.assert_array_equal(item.features[key], pixels_from_patches(
+                adapter.processor.image_processor, u8, item.grid_thw, frames))
+            np.testing.assert_array_equal(adapter.finish_features(item.features)[key], f32)
 
 
 def test_per_item_budget_binds_the_per_frame_share(adapter: Qwen3VLAdapter, hf: Any) -> None:
