@@ -14,15 +14,15 @@ from typing import Any
 from .micro import run_micro
 from .micro_media import make_bench_model
 from .paced import PacedOptions
-from .phases import run_pipelines
+from .phases import PhaseClock, run_pipelines
 from .report import format_table, json_default
 from .targets import compute_targets
 
 
 def add_bench_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="side-by-side benchmark: SGLang-style, Ray Data, the pool; microbenchmarks")
-    b.add_argument("--json", help="write the results as JSON to this file")
-    b.add_argument("--quick", action="store_true", help="small workload and few repeats (about a minute)")
+    b.add_argument("--json", "--out", dest="json", help="write the results as JSON to this file")
+    b.add_argument("--quick", action="store_true", help="small workload and few repeats; every target of the full run, from fewer samples")
     b.add_argument("--image-requests", type=int, help="requests with 4 images each (default 48, quick 8)")
     b.add_argument("--video-requests", type=int, help="requests with one 10 s 360p clip each (default 12, quick 2)")
     b.add_argument("--audio-requests", type=int, help="requests with one 30 s AAC clip each (default 12, quick 0)")
@@ -44,7 +44,7 @@ def add_bench_parser(sub: Any) -> None:
                    help="keep the per-worker content-hash feature cache on (the workload repeats 3 files per kind, "
                         "so Preprocessor-based pipelines then hit it; sglang_style never uses it). Default: off")
     b.add_argument("--skip-shards", action="store_true",
-                   help="skip scaling.coordinator_shards (K=1 against K=2 coordinators; never run in --quick)")
+                   help="skip scaling.coordinator_shards (K=1 against K=2 coordinators; --quick runs it on 24 requests)")
     b.set_defaults(func=cmd_bench)
 
 
@@ -65,22 +65,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
+    clock = PhaseClock(log)
     with tempfile.TemporaryDirectory(prefix="ray-mm-bench-") as tmp:
         work = Path(tmp)
-        model = make_bench_model(work / "qwen2_vl_micro")
-        result: dict[str, Any] = {"command": "ray-mm bench" + (" --quick" if quick else "")}
+        result: dict[str, Any] = {"command": "ray-mm bench" + (" --quick" if quick else ""), "quick": quick}
+        # The Ray phases first (the cluster starts while the media and model are written), then, with
+        # the cluster down, the in-process pipelines and the single-thread microbenchmarks.
+        result.update(run_pipelines(work, quick, n_image, n_video, n_audio, log, paced, bool(args.feature_cache),
+                                    object_store=not args.skip_micro, shards=not args.skip_shards, clock=clock))
         if args.skip_micro:
             result["micro"] = {}
         else:
-            log("microbenchmarks ...")
-            result["micro"] = run_micro(model, quick)
-        result.update(run_pipelines(work, quick, n_image, n_video, n_audio, log, paced, bool(args.feature_cache),
-                                     object_store=not args.skip_micro, shards=not (quick or args.skip_shards)))
+            clock.phase("micro", "microbenchmarks (no Ray up) ...")
+            result["micro"] = run_micro(make_bench_model(work / "qwen2_vl_micro"), quick)
+            clock.end()
         if "object_store_23mb" in result:
             result["micro"]["object_store_23mb"] = result.pop("object_store_23mb")
     if not args.skip_micro:
         result["targets"] = compute_targets(result)
+        if quick:  # every target of the full run, from the --quick run's smaller samples
+            for t in result["targets"].values():
+                t["quick"] = True
     result["bench_wall_s"] = time.perf_counter() - t0
+    result["phase_s"] = {name: round(s, 2) for name, s in clock.times.items()}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=json_default))

@@ -128,7 +128,7 @@ def paced_pool(pool: Any, plan: PacedPlan, workers: int) -> dict[str, Any]:
                                "warm and idle); Pool.submit at each arrival")
 
 
-def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: int = 2) -> dict[str, Any]:
+def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: int = 2, warm: int = 8) -> dict[str, Any]:
     """``scaling.coordinator_shards``: the pool's req/s with ``PoolConfig(coordinators=k)`` on a
     coordinator-bound workload (``w``: tiny images, feature cache on, noop consumer), K=1 against K=2.
 
@@ -148,7 +148,7 @@ def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: i
         cfg = PoolConfig(cpu_workers=workers, gpu_workers=1, consumer="noop", coordinators=k,
                          max_inflight_requests=max(64, len(w.lines) + 8))
         with Pool(w.model_dir, w.core, cfg, w.adapter) as pool:
-            for _ in pool.run(rename(w.lines[: 8], f"warm-k{k}-")):
+            for _ in pool.run(rename(w.lines[:warm], f"warm-k{k}-")):
                 pass
             cpu = TreeCpu()
             c0 = cpu.sample()

@@ -28,7 +28,8 @@ def format_paced(paced: dict[str, Any] | None) -> list[str]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = ["", "== ray-mm bench (same workload, same cores; all requests submitted at once)"]
+    quick = " [--quick: small samples]" if result.get("quick") else ""
+    lines = ["", f"== ray-mm bench (same workload, same cores; all requests submitted at once){quick}"]
     lines.append(f"{'pipeline':<18}{'req/s':>8}{'items/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu s/item':>11}{'coord ms/req':>13}")
     for name, p in result["pipelines"].items():
         if "requests_per_s" not in p:
@@ -69,6 +70,8 @@ def format_table(result: dict[str, Any]) -> str:
         how = ", ".join(f"{k} {t[k]}" for k in ("transport", "form") if k in t)
         lines.append(f"{name:<40}{t['target']:>9g}{t['measured']:>10.3f}  {'yes' if t['met'] else 'NOT MET'}"
                      + (f"  ({how})" if how else ""))
+    if result.get("phase_s"):
+        lines.append("phase wall s: " + ", ".join(f"{k} {v:.1f}" for k, v in result["phase_s"].items()))
     return "\n".join(lines)
 
 
