@@ -1,13 +1,14 @@
-"""Coordinator actor (one shard of the pool's coordinators): admission, tokenization, dispatch,
-alignment, ready queue, leases, and the per-request waits of the HTTP front end
+"""Coordinator actor (one shard of the pool's coordinators): admission, tokenization, media
+calls, alignment, ready queue, leases, and the per-request waits of the HTTP front end
 (``submit_and_wait``, ``health``: ``actors/serve.py``).
 
-It awaits only item *metadata*; feature objects stay in the object store and
-travel as ObjectRefs to the GPU workers. Policy and bookkeeping live in pure classes
-(``ray_mm.pool.scheduling``: worker choice, leases, crash counts; ``ray_mm.pool``: ready queue,
-feature slots, deadlines, shard routing); this actor holds the asyncio waits and the Ray calls.
-With ``PoolConfig.coordinators = K`` there are K of these, each holding only the requests whose
-id hashes to it (``ray_mm.pool.shard_of``) and the limits of its share (``shard_config``).
+It awaits only item *metadata*; feature objects stay in the object store and travel as
+ObjectRefs to the GPU workers. Policy and bookkeeping live in pure classes in ``ray_mm.pool``
+(media calls shared by several requests: ``calls``; worker choice, leases, crash counts:
+``scheduling``; ready queue, feature slots, deadlines: ``queues``; a request from admission to
+ready: ``requests``; shard routing: ``shards``); this actor holds the asyncio waits and the Ray
+calls. With ``PoolConfig.coordinators = K`` there are K of these, each holding only the requests
+whose id hashes to it (``ray_mm.pool.shard_of``) and the limits of its share (``shard_config``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -28,39 +28,29 @@ from actors import metrics
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError, PoolSaturatedError, RequestError, RequestTimeoutError
 from ray_mm.logs import RateLimitedLog
-from ray_mm.pipeline import Prepared, Preprocessor, RequestOutcome, success_record
-from ray_mm.pool import Deadlines, FeatureSlots, ReadyQueue
+from ray_mm.pipeline import Preprocessor, RequestOutcome
+from ray_mm.pool import (
+    Call,
+    CallPlanner,
+    CrashCounts,
+    Deadlines,
+    FeatureSlots,
+    InflightRequest,
+    LeaseTable,
+    ReadyQueue,
+    ReadyRequest,
+    Ticket,
+    WorkerSelector,
+    build_ready,
+    first_error,
+)
 from ray_mm.pool.config import PoolConfig
-from ray_mm.pool.scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
 from ray_mm.request import request_id_of
 from ray_mm.serve.http_api import FEATURE_REFS_KEY
 
 logger = logging.getLogger("ray_mm.actors.coordinator")
 
-
-@dataclass
-class ReadyRequest:
-    """An aligned request waiting for (or leased to) a GPU worker."""
-
-    request_id: str
-    record: dict[str, Any]
-    feature_refs: list[tuple[Any, int]]  # per item in prompt order: (ref to a media call's feature list, position)
-    placeholder_tokens: int
-    pulls: int = 0
-    lease: int = 0  # token of the current lease; set on each pull, named in ack / nack
-
-
-@dataclass
-class _Call:
-    """A media call in flight: its worker, its size, how many of its items were parked (slow fetch)."""
-
-    worker: int
-    n_specs: int
-    exclusive: bool = False
-    parked: int = 0
-
-
-_WORKER_DIED = object()  # answer of a media call whose worker died
+_WORKER_DIED = object()  # answer of a ticket whose media worker died
 
 # How long ``submit_and_wait`` waits past the request's own deadline: the coordinator finishes every
 # request at its deadline (504) by itself, so this only bounds a wait whose record was never written.
@@ -73,20 +63,6 @@ class _Waiter:
 
     future: asyncio.Future[dict[str, Any]]
     keep_features: bool = False
-
-
-@dataclass
-class _Entry:
-    request_id: str
-    submitted: float
-    deadline: float
-    prepared: Prepared | None = None
-    task: asyncio.Task[None] | None = None
-    refs: list[Any] = field(default_factory=list)  # feature refs of the current dispatch
-    calls: list[Any] = field(default_factory=list)  # metadata refs of media calls not yet answered
-    stage: str = "dispatch"
-    has_slot: bool = False  # holds one of the max_feature_requests slots
-    dispatches: int = 0
 
 
 async def _awaited(ref: Any) -> Any:
@@ -104,23 +80,21 @@ class Coordinator:
         adapter: str | None,
         worker_names: list[str],
         shard: int = 0,
-        name: str | None = None,
     ) -> None:
         self.cfg = PoolConfig.model_validate(pool_config)  # this shard's share (ray_mm.pool.shard_config)
         self.shard = shard
-        self.name = name  # named in media calls, so slow-fetch reports come back to this shard
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.workers = [ray.get_actor(name) for name in worker_names]
         self.media_tokens = frozenset(self.pre.adapter.feature_token_ids.values())
         self.selector = WorkerSelector(len(self.workers), self.cfg.max_inflight_per_worker,
                                        max_parked_per_worker=self.cfg.max_fetches_per_worker)
-        self.call_ids = itertools.count()
-        self.open_calls: dict[int, _Call] = {}
-        self.slot_freed = asyncio.Condition()
+        self.planner = CallPlanner(self.selector, self.cfg.max_calls_per_worker, self.cfg.max_items_per_call)
+        self.call_refs: dict[int, Any] = {}  # call id -> metadata ref of a media call in flight (to cancel it)
+        self.pump_scheduled = False
         self.ready: ReadyQueue[ReadyRequest] = ReadyQueue(self.cfg.ready_queue_size, key=lambda r: r.request_id)
         self.ready_changed = asyncio.Condition()
         self.leases: LeaseTable[ReadyRequest] = LeaseTable(self.cfg.lease_s)
-        self.inflight: dict[str, _Entry] = {}
+        self.inflight: dict[str, InflightRequest] = {}
         self.results: dict[str, dict[str, Any]] = {}
         self.results_changed = asyncio.Condition()
         # Requests admitted by submit_and_wait: their records go to their own caller, never to take_results.
@@ -128,7 +102,6 @@ class Coordinator:
         self.last_contact: dict[str, float] = {}  # GPU worker -> last pull or renewal (monotonic), for health
         self.incarnation = time.time_ns()
         self.counters: collections.Counter[str] = collections.Counter()
-        self.stage_times: dict[str, list[float]] = collections.defaultdict(list)
         self.items_per_node: collections.Counter[str] = collections.Counter()
         self.refusals_log = RateLimitedLog(logger, logging.WARNING, every_s=10.0)
         self.cpu_s = 0.0
@@ -175,12 +148,11 @@ class Coordinator:
                                   len(self.inflight), self.cfg.max_inflight_requests, rid)
             raise PoolSaturatedError(f"pool saturated: {len(self.inflight)} requests in flight (limit {self.cfg.max_inflight_requests})")
         now = time.monotonic()
-        entry = _Entry(rid, now, now + (self.cfg.request_timeout_s if timeout_s is None else max(0.0, timeout_s)))
+        entry = InflightRequest(rid, now, now + (self.cfg.request_timeout_s if timeout_s is None else max(0.0, timeout_s)))
         self.inflight[rid] = entry
         self.deadlines.add(rid, entry.deadline)
         if self.reaper_wake is not None:
             self.reaper_wake.set()
-        metrics.queue_depth("inflight", len(self.inflight))
         try:
             prepared = self.pre.prepare(line, fallback_id) if not isinstance(line, MMError) else None
             if prepared is None:
@@ -195,7 +167,7 @@ class Coordinator:
         self.cpu_s += time.thread_time() - t_cpu
         return rid
 
-    async def _run(self, entry: _Entry) -> None:
+    async def _run(self, entry: InflightRequest) -> None:
         """Dispatch, await metadata, align and enqueue, all within the request's deadline."""
         rid = entry.request_id
         try:
@@ -211,21 +183,20 @@ class Coordinator:
             await self._finish(rid, RequestOutcome.failure(rid, InternalError(
                 f"request {rid}: coordinator fault ({type(exc).__name__})")).record)
 
-    def _timeout_record(self, entry: _Entry) -> dict[str, Any]:
+    def _timeout_record(self, entry: InflightRequest) -> dict[str, Any]:
         rid = entry.request_id
         self.counters["timed_out"] += 1
         return RequestOutcome.failure(rid, RequestTimeoutError(
             f"request {rid}: not finished within its deadline of {entry.deadline - entry.submitted:g} s "
             f"(stage: {entry.stage})")).record
 
-    async def _slot_dispatch_align(self, entry: _Entry) -> None:
+    async def _slot_dispatch_align(self, entry: InflightRequest) -> None:
         if not entry.has_slot and not await self._take_slot(entry):
             return
-        assert entry.prepared is not None
         entry.dispatches += 1
-        await self._dispatch_and_align(entry, entry.prepared)
+        await self._dispatch_and_align(entry)
 
-    async def _take_slot(self, entry: _Entry) -> bool:
+    async def _take_slot(self, entry: InflightRequest) -> bool:
         """Wait (FIFO) for one of the feature slots; False if the request finished meanwhile (cancelled)."""
         entry.stage = "feature_slot"
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -252,84 +223,51 @@ class Coordinator:
         if waiter is not None:
             waiter.set_result(None)
 
-    async def _dispatch_and_align(self, entry: _Entry, prepared: Prepared) -> None:
-        """Dispatch the request's media, collect the metadata, align, build the record, queue it."""
-        specs = prepared.request.items()
-        answered = await self._collect(entry, specs)
+    async def _dispatch_and_align(self, entry: InflightRequest) -> None:
+        """Send the request's media, collect the metadata, align, build the record, queue it."""
+        assert entry.prepared is not None
+        answers = await self._collect(entry, entry.prepared.request.items())
         t_cpu = time.thread_time()
-        metas = [answered[s][0] for s in range(len(specs))]
-        errors = [m["error"] for m in metas if "error" in m]
-        if errors:
-            raise errors[0]
+        error = first_error(meta for meta, _, _ in answers)
+        if error is not None:
+            raise error
         entry.stage = "align"
-        per_spec = [m["items"] for m in metas]
-        alignment, align_s, refs = self._align(prepared, per_spec, answered.values())
-        record, placeholders = self._record(entry.request_id, prepared, per_spec, alignment, align_s)
+        outcome = build_ready(self.pre, entry.request_id, entry.prepared, answers, self.media_tokens, time.perf_counter)
+        self.counters["cache_hits"] += outcome.cache_hits
+        self.counters["cache_misses"] += outcome.cache_misses
+        metrics.cache_lookups(outcome.cache_hits, outcome.cache_misses)
+        self.items_per_node.update(outcome.items_per_node)
         self.cpu_s += time.thread_time() - t_cpu
         entry.stage = "ready_queue"
-        await self._enqueue(ReadyRequest(entry.request_id, record, refs, placeholders))
+        await self._enqueue(outcome.ready)
 
-    async def _collect(self, entry: _Entry, specs: list[Any]) -> dict[int, tuple[dict[str, Any], Any, int]]:
-        """Dispatch rounds until every spec is answered: per spec its metadata, the ref of its call's
-        feature list, and where its items start in that list. Items of a call whose worker died are
-        counted against and dispatched again (``_count_deaths``)."""
-        entry.stage = "dispatch"
-        entry.refs, entry.calls = [], []
+    async def _collect(self, entry: InflightRequest, specs: list[Any]) -> list[tuple[dict[str, Any], Any, int]]:
+        """Every spec's answer, in spec order: ``(metadata, ref of its call's feature list, where its
+        items start in it)``. Specs whose worker died are counted against (``CrashCounts``) and sent
+        again; from then on each goes alone, to an idle worker held exclusively."""
+        entry.stage, entry.refs = "media", []
         crashes = CrashCounts(self.cfg.max_worker_deaths_per_item)
         answered: dict[int, tuple[dict[str, Any], Any, int]] = {}
         todo = list(range(len(specs)))
+        loop = asyncio.get_running_loop()
         while todo:
-            rounds = await self._dispatch_round(entry, specs, todo, crashes)
-            todo = []
-            for spec_ids, feat_ref, answer in rounds:
-                if answer is _WORKER_DIED:
-                    todo.extend(self._count_deaths(entry, specs, spec_ids, crashes))
-                    continue
-                flat = 0  # the worker returns the features of all its specs' items as one flat list
-                for s, meta in zip(spec_ids, answer):
-                    answered[s] = (meta, feat_ref, flat)
-                    flat += len(meta.get("items", ()))
-            todo.sort()
-        entry.calls = []
-        return answered
+            tickets = [Ticket(entry.request_id, s, specs[s], loop.create_future(), crashes.suspect(s)) for s in todo]
+            for ticket in tickets:
+                self.planner.add(ticket)
+            self._pump()
+            answers = await asyncio.gather(*(ticket.waiter for ticket in tickets))
+            todo = [t.spec_index for t, answer in zip(tickets, answers) if answer is _WORKER_DIED]
+            for ticket, answer in zip(tickets, answers):
+                if answer is not _WORKER_DIED:
+                    answered[ticket.spec_index] = answer
+                    if not any(ref is answer[1] for ref in entry.refs):
+                        entry.refs.append(answer[1])
+            if todo:
+                self._count_deaths(entry, specs, todo, crashes)
+        return [answered[s] for s in range(len(specs))]
 
-    def _align(
-        self, prepared: Prepared, per_spec: list[list[Any]], answered: Any
-    ) -> tuple[Any, float, list[tuple[Any, int]]]:
-        """The alignment, its time, and per aligned item (prompt order) where its features are:
-        ``(ref to its call's feature list, position)``."""
-        location: dict[int, tuple[Any, int]] = {}
-        for meta, feat_ref, start in answered:
-            for k, item in enumerate(meta["items"]):
-                location[id(item)] = (feat_ref, start + k)
-        t0 = time.perf_counter()
-        alignment = self.pre.align_request(prepared, per_spec)
-        align_s = time.perf_counter() - t0
-        return alignment, align_s, [location[id(item.meta)] for item in alignment.items]
-
-    def _record(
-        self, rid: str, prepared: Prepared, per_spec: list[list[Any]], alignment: Any, align_s: float
-    ) -> tuple[dict[str, Any], int]:
-        """The success record (stage timings summed over items) and the number of placeholder tokens;
-        counts cache hits and items per node."""
-        timings = dict(prepared.timings, align_s=align_s)
-        for stage in ("fetch_s", "decode_s", "process_s"):
-            timings[stage] = sum(m.timings.get(stage, 0.0) for ms in per_spec for m in ms)
-        for ms in per_spec:
-            for m in ms:
-                self.items_per_node[m.node_id or "?"] += 1
-                hit = bool(m.timings.get("cache_hit"))
-                self.counters["cache_hits" if hit else "cache_misses"] += 1
-                metrics.cache_hit(hit)
-        record = success_record(rid, alignment, timings)
-        # Counted from the ids, not from the items, so the GPU-side check is independent of alignment.
-        placeholders = sum(1 for tok in alignment.input_ids if tok in self.media_tokens)
-        return record, placeholders
-
-    def _count_deaths(self, entry: _Entry, specs: list[Any], spec_ids: list[int], crashes: CrashCounts) -> list[int]:
-        """A media worker died during a call: count it against each of the call's items; the
-        items to dispatch again (alone, from now on). An item at its limit fails the request."""
-        self.counters["media_calls_lost"] += 1
+    def _count_deaths(self, entry: InflightRequest, specs: list[Any], spec_ids: list[int], crashes: CrashCounts) -> None:
+        """A media worker died holding ``spec_ids``: count it against each; one at its limit fails the request."""
         for s in spec_ids:
             deaths = crashes.died(s)
             if crashes.exhausted(s):
@@ -339,117 +277,69 @@ class Coordinator:
                 raise InternalError(f"{specs[s].label}: the media worker died processing this item "
                                     f"({deaths} times); it is not dispatched again")
         self.counters["redispatched_items"] += len(spec_ids)
-        logger.warning("request %s: media worker died during a call; dispatching %d item(s) again, one per call",
+        logger.warning("request %s: a media worker died holding %d of its item(s); dispatching them again, one per call",
                        entry.request_id, len(spec_ids))
-        return list(spec_ids)
 
-    async def _dispatch_round(
-        self, entry: _Entry, specs: list[Any], todo: list[int], crashes: CrashCounts
-    ) -> list[tuple[list[int], Any, Any]]:
-        """Send ``todo`` to media workers and await the metadata: ``(spec ids, feature ref, answer)``
-        per call, the answer being the per-spec metadata or ``_WORKER_DIED``. Items suspected of
-        killing a worker go alone, each to a worker held exclusively."""
-        pending: dict[int, list[int]] = {}  # worker -> spec indices picked for it, not yet sent
-        sent: list[tuple[list[int], Any, asyncio.Future[Any]]] = []
-        reserved: list[int] = []  # workers held for a suspect, not yet sent to
+    # -- media calls (planned by ray_mm.pool.CallPlanner) ------------------------
+    def _pump(self) -> None:
+        """Plan and send calls once the event loop's current round is done: requests admitted together
+        (``submit_many``, concurrent callers) add their items first, then share calls."""
+        if not self.pump_scheduled:
+            self.pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump_now)
 
-        def send(worker: int, spec_ids: list[int], exclusive: bool = False) -> None:
-            call_id = next(self.call_ids)
-            self.open_calls[call_id] = _Call(worker, len(spec_ids), exclusive)
-            meta_ref, feat_ref = self.workers[worker].process_batch.options(num_returns=2).remote(
-                [specs[s] for s in spec_ids], call_id, self.name)
-            entry.refs.append(feat_ref)
-            entry.calls.append(meta_ref)
-            sent.append((spec_ids, feat_ref, asyncio.ensure_future(self._await_metas(call_id, len(spec_ids), meta_ref))))
+    def _pump_now(self) -> None:
+        self.pump_scheduled = False
+        for call in self.planner.plan():
+            self._send(call)
 
-        def send_pending() -> None:
-            # One call per (request, worker): Ray's per-call and per-object costs are paid here.
-            for worker, spec_ids in pending.items():
-                send(worker, spec_ids)
-            pending.clear()
+    def _send(self, call: Call) -> None:
+        worker = self.workers[call.worker]
+        if call.collects is not None:
+            meta_ref, feat_ref = worker.collect_parked.options(num_returns=2).remote(call.collects)
+        else:
+            meta_ref, feat_ref = worker.process_batch.options(num_returns=2).remote(
+                [t.spec for t in call.tickets], call.call_id)
+        self.call_refs[call.call_id] = meta_ref
+        asyncio.get_running_loop().create_task(self._await_call(call, meta_ref, feat_ref))
 
+    async def _await_call(self, call: Call, meta_ref: Any, feat_ref: Any) -> None:
+        """Await one media call and hand each ticket its answer. Media workers return bad media as a
+        value and Ray does not retry their calls, so an exception here is a dead worker (its tickets
+        are sent again by their requests) or a failed or cancelled call."""
+        answer: list[dict[str, Any]] | None
         try:
-            for s in todo:
-                if crashes.suspect(s):
-                    send_pending()
-                    worker = await self._reserve_idle_worker(reserved)
-                    self.selector.started(worker)
-                    reserved.remove(worker)
-                    send(worker, [s], exclusive=True)
-                    continue
-                key = content_key(specs[s].source)
-                worker = self.selector.pick(key)
-                if worker is None:
-                    send_pending()  # what is picked must run before a slot can free up
-                    worker = await self._acquire_worker(key)
-                else:
-                    self.selector.started(worker)
-                pending.setdefault(worker, []).append(s)
-            send_pending()
-            entry.stage = "media"
-            answers = await asyncio.gather(*(call for _, _, call in sent))
-        finally:
-            for _, _, call in sent:
-                call.cancel()  # no-op for finished ones; frees the worker slots of the others
-            for worker in reserved:  # held for a suspect, given up (cancelled while waiting)
-                self.selector.unreserve(worker)
-            if pending:  # picked but never sent (cancelled while waiting for a slot)
-                for worker, spec_ids in pending.items():
-                    for _ in spec_ids:
-                        self.selector.finished(worker)
-            if pending or reserved:
-                asyncio.get_running_loop().create_task(self._notify_slot())
-        return [(spec_ids, feat_ref, answer) for (spec_ids, feat_ref, _), answer in zip(sent, answers)]
-
-    async def _await_metas(self, call_id: int, n_specs: int, meta_ref: Any) -> Any:
-        """The metadata of one media call, per spec, or ``_WORKER_DIED``. Media workers return bad
-        media as a value, and Ray does not retry their calls (the coordinator re-dispatches after a
-        death, counting it against the items), so an exception here is a dead worker or a cancelled call."""
-        call = self.open_calls[call_id]
-        try:
-            return list(await meta_ref)
+            answer = list(await meta_ref)
         except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError):
-            return _WORKER_DIED
+            self.counters["media_calls_lost"] += 1
+            answer = None
         except ray.exceptions.RayError as exc:  # TaskCancelledError included
             self.counters["media_call_failed"] += 1
-            return [{"error": InternalError(f"media worker {call.worker} failed ({type(exc).__name__})")}] * n_specs
+            error = InternalError(f"media worker {call.worker} failed ({type(exc).__name__})")
+            answer = [{"error": error}] * len(call.tickets)
         finally:
-            del self.open_calls[call_id]
-            for k in range(n_specs):
-                self.selector.finished(call.worker, was_parked=k < call.parked, exclusive=call.exclusive and k == 0)
-            # Not awaited here: this finally may run in a task being cancelled.
-            asyncio.get_running_loop().create_task(self._notify_slot())
-
-    async def fetch_parked(self, worker: int, call_id: int) -> None:
-        """A media worker says one item of ``call_id`` waits on a slow fetch: stop counting it as decode work."""
-        call = self.open_calls.get(call_id)
-        if call is None or call.parked >= call.n_specs:
-            return  # the call finished meanwhile
-        call.parked += 1
-        self.counters["slow_fetches"] += 1
-        self.selector.park(call.worker)
-        asyncio.get_running_loop().create_task(self._notify_slot())
-
-    async def _notify_slot(self) -> None:
-        async with self.slot_freed:
-            self.slot_freed.notify_all()
-
-    async def _reserve_idle_worker(self, reserved: list[int]) -> int:
-        """Hold a worker exclusively and wait until nothing else runs on it (for a suspect item)."""
-        async with self.slot_freed:
-            while (worker := self.selector.reserve()) is None:
-                await self.slot_freed.wait()
-            reserved.append(worker)
-            while not self.selector.idle(worker):
-                await self.slot_freed.wait()
-            return worker
-
-    async def _acquire_worker(self, key: str | None) -> int:
-        async with self.slot_freed:
-            while (worker := self.selector.pick(key)) is None:
-                await self.slot_freed.wait()
-            self.selector.started(worker)
-            return worker
+            self.call_refs.pop(call.call_id, None)
+        parked = [k for k, meta in enumerate(answer or ()) if meta.get("parked")]
+        follow_up = self.planner.park(call.call_id, parked)
+        self.planner.finished(call.call_id)
+        if follow_up is not None:
+            self.counters["slow_fetches"] += len(parked)
+            if any(t.live for t in follow_up.tickets):
+                self._send(follow_up)
+            else:  # nobody waits for them any more
+                self.planner.finished(follow_up.call_id)
+                self.workers[call.worker].drop_parked.remote(call.call_id)
+        flat = 0  # the worker returns the features of the answered specs' items as one flat list
+        for k, ticket in enumerate(call.tickets):
+            if answer is not None and k in parked:
+                continue
+            result: Any = _WORKER_DIED
+            if answer is not None:
+                result = (answer[k], feat_ref, flat)
+                flat += len(answer[k].get("items", ()))
+            if not ticket.waiter.done():
+                ticket.waiter.set_result(result)
+        self._pump()
 
     async def _enqueue(self, ready: ReadyRequest, front: bool = False) -> None:
         async with self.ready_changed:
@@ -457,7 +347,6 @@ class Coordinator:
                 while not self.ready.has_room():
                     await self.ready_changed.wait()
             self.ready.push(ready, front)
-            metrics.queue_depth("ready", len(self.ready))
             self.ready_changed.notify_all()
 
     async def _finish(self, rid: str, record: dict[str, Any]) -> None:
@@ -475,7 +364,6 @@ class Coordinator:
         metrics.request_done(bool(record.get("ok")))
         for stage, seconds in record.get("timings", {}).items():
             metrics.stage_seconds(stage.removesuffix("_s"), seconds)
-        metrics.queue_depth("inflight", len(self.inflight))
         if record.get("ok"):
             self.counters["ok"] += 1
         else:
@@ -490,19 +378,20 @@ class Coordinator:
         async with self.results_changed:
             self.results_changed.notify_all()
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: InflightRequest) -> None:
         rid = entry.request_id
         if entry.task is not None and not entry.task.done() and entry.task is not asyncio.current_task():
             entry.task.cancel()
-        for ref in entry.calls:  # media calls still queued or running: drop them (queued ones never run)
-            try:
-                ray.cancel(ref, force=False)
-            except Exception:
-                pass
-        entry.calls, entry.refs, entry.prepared = [], [], None
+        for call_id in self.planner.drop_request(rid):  # media calls that only it still wanted: dropped
+            ref = self.call_refs.get(call_id)
+            if ref is not None:
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:
+                    pass
+        entry.refs, entry.prepared = [], None
         self.leases.drop(rid)
         if self.ready.remove(rid):
-            metrics.queue_depth("ready", len(self.ready))
             asyncio.get_running_loop().create_task(self._notify_ready())
         if entry.has_slot:
             entry.has_slot = False
@@ -545,7 +434,6 @@ class Coordinator:
                 req.pulls += 1
                 req.lease = self.leases.grant(req.request_id, holder, req, now)
                 self.inflight[req.request_id].stage = "gpu"
-            metrics.queue_depth("ready", len(self.ready))
             self.ready_changed.notify_all()
             return batch
 
@@ -620,10 +508,12 @@ class Coordinator:
         assert self.reaper_wake is not None
         while True:
             if not self.inflight:
+                self._sample_depths()
                 self.reaper_wake.clear()
                 await self.reaper_wake.wait()
             await asyncio.sleep(min(0.5, self.cfg.lease_s / 4))
             try:
+                self._sample_depths()
                 now = time.monotonic()
                 for rid, req in self.leases.expired(now):
                     if rid in self.inflight:
@@ -643,6 +533,11 @@ class Coordinator:
             except Exception:  # never let the reaper die; it is restarted by the next call anyway
                 self.counters["reaper_error"] += 1
                 logger.exception("lease reaper fault")
+
+    def _sample_depths(self) -> None:
+        """Queue depths for the metrics, once per reaper tick (a metric call per change costs more)."""
+        metrics.queue_depth("inflight", len(self.inflight))
+        metrics.queue_depth("ready", len(self.ready))
 
     # -- driver side ---------------------------------------------------------
     async def take_results(self, max_n: int = 256, wait_s: float = 0.5) -> tuple[int, list[dict[str, Any]]]:
@@ -746,7 +641,7 @@ class Coordinator:
             "leased": len(self.leases),
             "lease_holders": self.leases.holders(),
             "held_feature_refs": sum(len(e.refs) for e in self.inflight.values()),
-            "media_calls_open": sum(len(e.calls) for e in self.inflight.values()),
+            **self.planner.stats(),
             "feature_slots_used": self.slots.used,
             "feature_slots_limit": self.cfg.feature_request_limit(),
             "max_feature_slots_used": self.slots.max_used,

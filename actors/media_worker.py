@@ -1,22 +1,19 @@
-"""Media worker actor: fetch, decode and process the media entries of one request sent to it.
+"""Media worker actor: fetch, decode and process the media entries the coordinator sends it.
 
 Thin: the work is ``Preprocessor.fetch_item_async`` and ``Preprocessor.process_fetched``.
 An async actor: fetches run concurrently on its event loop (at most
 ``max_fetches_per_worker`` at once), and decoding runs on its one decode thread as
-soon as an item's bytes are in, so a slow server delays only its own request. A
-fetch still running after ``slow_fetch_s`` is reported to the coordinator that sent the
-call (with coordinator shards, the call names its sender), which then stops counting that
-item against the worker's decode slots.
+soon as an item's bytes are in.
 
-One call takes every entry of a request that the coordinator placed on this worker
-and returns two objects, (metadata, features), both owned by the caller, so the
-coordinator can await the small one and pass the large one on without touching it.
-One call and one feature object per (request, worker) rather than per item: Ray's
-per-call and per-object costs land on the coordinator, which is the part that does
-not scale out. Bad media is returned as an error in that entry's metadata, not
-raised, so the other entries still count. A call is never retried by Ray
-(``max_task_retries=0``): if the worker dies, the coordinator counts the death
-against the call's items and dispatches them again itself.
+One call carries entries of one or several requests (``ray_mm.pool.calls``) and returns two
+objects, (metadata, features), both owned by the caller, so the coordinator awaits the small
+one and passes the large one on without touching it: Ray's per-call and per-object costs land
+on the coordinator, the part that does not scale out, so they are paid per call, not per item
+or request. A fetch still running after ``slow_fetch_s`` is *parked*: the call answers
+without it (a slow server delays only its own request) and ``collect_parked`` answers it later.
+Bad media is returned as an error in that entry's metadata, not raised, so the other entries
+still count. A call is never retried by Ray (``max_task_retries=0``): if the worker dies, the
+coordinator counts the death against the call's items and dispatches them again itself.
 """
 
 from __future__ import annotations
@@ -40,12 +37,14 @@ from ray_mm.types import MediaSpec
 
 logger = logging.getLogger("ray_mm.actors.media_worker")
 
+# Parked work not collected within this long (its coordinator died between the two calls) is dropped.
+PARKED_TTL_S = 300.0
+
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class MediaWorker:
     def __init__(self, model_dir: str, core_config: dict[str, Any], adapter: str | None = None,
-                 pool_config: dict[str, Any] | None = None, coordinator_name: str | None = None,
-                 index: int = 0) -> None:
+                 pool_config: dict[str, Any] | None = None, index: int = 0) -> None:
         # One decode/processing thread per worker: scale with workers, not threads (DESIGN.md, "Threads").
         os.environ["OMP_NUM_THREADS"] = "1"
         import torch
@@ -57,8 +56,8 @@ class MediaWorker:
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.index = index
-        self.coordinator_name = coordinator_name  # where reports go when a call names no sender
-        self._coordinators: dict[str, Any] = {}  # name -> handle, looked up on first report
+        # call id -> (when, spec position -> its work) of specs parked in a call, until collected
+        self.parked: dict[int, tuple[float, dict[int, asyncio.Future[Any]]]] = {}
         self.processed = 0
         self.slow_fetches = 0
         self.decoder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-mm-decode")
@@ -75,31 +74,90 @@ class MediaWorker:
         return self.node_id
 
     @ray.method(max_task_retries=0)
-    async def process_batch(self, specs: list[MediaSpec], call_id: int | None = None,
-                            reply_to: str | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
-        """Per spec ``{"items": [ItemMeta...]}`` or ``{"error": MMError}``; and one flat list with the
-        feature dict of every item of the successful specs, in order (an item's place in it is
-        its position among the items before it). ``call_id`` names the call in slow-fetch reports,
-        which go to the coordinator named ``reply_to`` (the shard that sent the call)."""
-        reply_to = reply_to or self.coordinator_name
+    async def process_batch(self, specs: list[MediaSpec], call_id: int = 0) -> tuple[list[dict[str, Any]], list[Any]]:
+        """Per spec ``{"items": [ItemMeta...]}``, ``{"error": MMError}`` or ``{"parked": True}``; and
+        one flat list with the feature dict of every item of the answered specs, in order (an item's
+        place in it is its position among the items before it).
+
+        The specs may belong to several requests. The call answers once every spec is done or
+        *parked*: its fetch still runs after ``slow_fetch_s``, so a slow server holds neither the
+        call's other specs nor this worker's decode slots. A parked spec goes on in the background;
+        ``collect_parked(call_id)`` answers it."""
+        self._prune_parked()
         arena = self.arenas.acquire() if self.arenas is not None else None
         features: list[Any] = self.arenas.outputs(arena) if self.arenas is not None and arena is not None else []
-        answers = await asyncio.gather(*(self._process_one(spec, arena, call_id, reply_to) for spec in specs))
-        metas = []
+        parked_flags = [asyncio.Event() for _ in specs]
+        tasks = [asyncio.ensure_future(self._process_one(spec, arena, flag)) for spec, flag in zip(specs, parked_flags)]
+        await asyncio.gather(*(self._settled(task, flag) for task, flag in zip(tasks, parked_flags)))
+        metas: list[dict[str, Any]] = []
+        parked: dict[int, asyncio.Future[Any]] = {}
+        for k, task in enumerate(tasks):
+            if not task.done():
+                parked[k] = task
+                metas.append({"parked": True})
+                continue
+            meta, feats = task.result()
+            metas.append(meta)
+            features.extend(feats)
+        if parked:
+            self.slow_fetches += len(parked)
+            self.parked[call_id] = (time.monotonic(), parked)
+        return metas, features
+
+    @staticmethod
+    async def _settled(task: asyncio.Future[Any], parked: asyncio.Event) -> None:
+        """Until ``task`` is done or its item parked."""
+        if task.done() or parked.is_set():
+            return
+        waiter = asyncio.ensure_future(parked.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    @ray.method(max_task_retries=0)
+    async def collect_parked(self, call_id: int) -> tuple[list[dict[str, Any]], list[Any]]:
+        """The parked specs of ``call_id``, in their order in that call, once done: as ``process_batch``
+        answers (their features in fresh arrays: the call's arena was handed back long ago).
+        Cancelling this call cancels their work."""
+        _, parked = self.parked.pop(call_id, (0.0, {}))
+        try:
+            answers = [await parked[k] for k in sorted(parked)]
+        finally:
+            for task in parked.values():
+                task.cancel()  # no-op for finished ones
+        metas, features = [], []
         for meta, feats in answers:
             metas.append(meta)
             features.extend(feats)
         return metas, features
 
-    async def _process_one(self, spec: MediaSpec, arena: CallArena | None, call_id: int | None,
-                           reply_to: str | None) -> tuple[dict[str, Any], list[Any]]:
+    def drop_parked(self, call_id: int) -> None:
+        """Nobody wants the parked specs of ``call_id`` any more (their requests finished)."""
+        _, parked = self.parked.pop(call_id, (0.0, {}))
+        for task in parked.values():
+            task.cancel()
+
+    def _prune_parked(self) -> None:
+        """Parked work never collected (its coordinator died before asking): dropped after a while."""
+        now = time.monotonic()
+        for call_id, (since, parked) in list(self.parked.items()):
+            if now - since > PARKED_TTL_S and all(task.done() for task in parked.values()):
+                del self.parked[call_id]
+
+    async def _process_one(self, spec: MediaSpec, arena: CallArena | None,
+                           parked: asyncio.Event) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
         try:
-            fetched = await self._fetch(spec, call_id, reply_to)
+            fetched = await self._fetch(spec, parked)
             loop = asyncio.get_running_loop()
-            items = await loop.run_in_executor(self.decoder, self._decode, spec, fetched, arena)
+            # A parked item answers in another call: the arena of this one is not its to use.
+            items = await loop.run_in_executor(self.decoder, self._decode, spec, fetched,
+                                               None if parked.is_set() else arena)
         except MMError as exc:
             return {"error": exc, "node_id": self.node_id}, []
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # never let one item kill the worker
             logger.exception("%s: media worker fault", spec.label)
             return {"error": InternalError(f"{spec.label}: worker fault ({type(exc).__name__})"), "node_id": self.node_id}, []
@@ -109,28 +167,15 @@ class MediaWorker:
             item.meta.timings["worker_s"] = time.perf_counter() - t0
         return {"items": [item.meta for item in items]}, [item.features for item in items]
 
-    async def _fetch(self, spec: MediaSpec, call_id: int | None, reply_to: str | None) -> Any:
+    async def _fetch(self, spec: MediaSpec, parked: asyncio.Event) -> Any:
         if self._fetch_slots is None:
             self._fetch_slots = asyncio.Semaphore(self.cfg.max_fetches_per_worker)
         async with self._fetch_slots:
             task = asyncio.ensure_future(self.pre.fetch_item_async(spec))
             done, _ = await asyncio.wait({task}, timeout=self.cfg.slow_fetch_s)
             if not done:
-                self._report_slow(call_id, reply_to)
+                parked.set()
             return await task
-
-    def _report_slow(self, call_id: int | None, reply_to: str | None) -> None:
-        """Tell the coordinator ``reply_to`` an item of its call ``call_id`` waits on a slow fetch
-        (fire and forget; call ids are per coordinator)."""
-        self.slow_fetches += 1
-        if call_id is None or reply_to is None:
-            return
-        try:
-            if reply_to not in self._coordinators:
-                self._coordinators[reply_to] = ray.get_actor(reply_to)
-            self._coordinators[reply_to].fetch_parked.remote(self.index, call_id)
-        except Exception:  # only bookkeeping is lost: the item still counts as decode work
-            logger.warning("could not report a slow fetch to the coordinator", exc_info=True)
 
     def _decode(self, spec: MediaSpec, fetched: Any, arena: CallArena | None) -> Any:
         """On the decode thread: decode and process one entry, outputs in the call's arena."""

@@ -37,12 +37,16 @@ def stage_seconds(stage: str, seconds: float) -> None:
 
 
 def queue_depth(queue: str, depth: int) -> None:
+    """Sampled by the coordinator's reaper tick (every ``lease_s / 4``, at most 0.5 s), not per change."""
     _gauge("ray_mm_queue_depth", "Depth of pool queues", ("queue",)).set(depth, tags={"queue": queue})
 
 
-def cache_hit(hit: bool) -> None:
-    name = "ray_mm_cache_hits_total" if hit else "ray_mm_cache_misses_total"
-    _counter(name, "Media content-hash cache lookups", ()).inc(1)
+def cache_lookups(hits: int, misses: int) -> None:
+    """One request's media content-hash cache lookups (one metric call per request, not per item)."""
+    if hits:
+        _counter("ray_mm_cache_hits_total", "Media content-hash cache lookups", ()).inc(hits)
+    if misses:
+        _counter("ray_mm_cache_misses_total", "Media content-hash cache lookups", ()).inc(misses)
 
 
 def http_request(route: str, status: int, seconds: float) -> None:

@@ -118,7 +118,7 @@ class Pool:
         self.media_workers = [
             MediaWorker.options(
                 num_cpus=cfg.worker_num_cpus, resources={cfg.cpu_node_resource: 1}, name=name
-            ).remote(self.model_dir, core, self.adapter, cfg.model_dump(mode="json"), self.coordinator_names[0], k)
+            ).remote(self.model_dir, core, self.adapter, cfg.model_dump(mode="json"), k)
             for k, name in enumerate(worker_names)
         ]
         # All actors are created before any is awaited, so their start-ups (mostly importing torch
@@ -127,7 +127,7 @@ class Pool:
         shard_cfg = shard_config(cfg).model_dump(mode="json")  # each shard holds its share of the limits
         self.coordinators = [
             Coordinator.options(name=name, resources=dict(cfg.coordinator_resources)).remote(
-                self.model_dir, core, shard_cfg, self.adapter, worker_names, k, name)
+                self.model_dir, core, shard_cfg, self.adapter, worker_names, k)
             for k, name in enumerate(self.coordinator_names)
         ]
         self.coordinator = self.coordinators[0]  # the only one unless coordinators > 1

@@ -108,6 +108,7 @@ def measure(model: str, k: int, n: int, warm: int, idle_s: float, workers: int, 
             "own_code_cpu_ms_per_request": round((shard["coordinator_cpu_s"] - own0[j]) / max(handled, 1) * 1e3, 3),
             "capacity_req_per_s": round(1000 / ms, 1) if ms == ms and ms > 0 else None,
             "busy_share_of_wall": round(busy / wall, 3),
+            "items_per_media_call": shard.get("items_per_call"),  # over the shard's life (warm-up included)
         })
     return {
         "coordinators": k, "requests": n, "ok": ok, "wall_s": round(wall, 3), "req_per_s": round(n / wall, 2),

@@ -1,17 +1,21 @@
 """Pool bookkeeping and config with no Ray in it: the pool's config (``config``: ``PoolConfig``,
 local cluster specs), worker choice, leases and crash counts (``scheduling``), coordinator shards
-(routing, per-shard limits, merged stats) and the coordinator's queues (ready queue, feature slots,
-deadlines).
+(routing, per-shard limits, merged stats), the coordinator's queues (ready queue, feature slots,
+deadlines), its media calls (``calls``: items of several requests per call) and a request's state
+from admission to ready (``requests``).
 
 The actors in ``actors/`` drive these; keeping them pure lets the pool's policy be tested
 without a cluster. Nothing here imports Ray (``import ray_mm.pool`` stays Ray-free).
 """
 
+from .calls import Call, CallPlanner, Ticket
 from .config import PoolConfig, load_pool_config
 from .queues import Deadlines, FeatureSlots, ReadyQueue
+from .requests import InflightRequest, ReadyOutcome, ReadyRequest, build_ready, first_error
 from .scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
 from .shards import merge_stats, shard_config, shard_names, shard_of, split_by_shard
 
-__all__ = ["CrashCounts", "Deadlines", "FeatureSlots", "LeaseTable", "PoolConfig", "ReadyQueue", "WorkerSelector",
-           "content_key", "load_pool_config", "merge_stats", "shard_config", "shard_names", "shard_of",
+__all__ = ["Call", "CallPlanner", "CrashCounts", "Deadlines", "FeatureSlots", "InflightRequest", "LeaseTable",
+           "PoolConfig", "ReadyOutcome", "ReadyQueue", "ReadyRequest", "Ticket", "WorkerSelector", "build_ready",
+           "content_key", "first_error", "load_pool_config", "merge_stats", "shard_config", "shard_names", "shard_of",
            "split_by_shard"]

@@ -61,9 +61,17 @@ class PoolConfig(BaseModel):
         default=64, ge=1, description="Admission limit: requests held by the coordinator; past it submit raises."
     )
     max_inflight_per_worker: int = Field(
-        default=4, ge=1,
-        description="Items of decode work queued on one media worker at once (items waiting on a slow fetch are not counted).",
+        default=16, ge=1,
+        description="Items of decode work queued on one media worker at once (items waiting on a slow fetch are not "
+        "counted). Room for several requests' items lets them share calls under load.",
     )
+    max_calls_per_worker: int = Field(
+        default=2, ge=1,
+        description="Media calls in flight to one worker. An item goes out at once while its worker has fewer; "
+        "otherwise it waits and shares the worker's next call with the items of other requests "
+        "(ray_mm.pool.calls): Ray's per-call cost on the coordinator is then paid per call, not per request.",
+    )
+    max_items_per_call: int = Field(default=64, ge=1, description="Media items one media call carries at most.")
     max_fetches_per_worker: int = Field(
         default=16, ge=1,
         description="Fetches one media worker runs concurrently (async, off its decode thread); also how many "

@@ -7,6 +7,7 @@ pool's policy be tested without a cluster (as Ray Data does for its actor pool).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -46,15 +47,16 @@ class WorkerSelector:
     def _open(self, w: int) -> bool:
         return not self.exclusive[w] and self.load[w] < self.capacity and self.parked[w] < self.parked_capacity
 
-    def pick(self, key: str | None) -> int | None:
-        """A worker with room, or None when every worker is at capacity."""
-        open_ = [w for w in range(len(self.load)) if self._open(w)]
+    def pick(self, key: str | None, allowed: Iterable[int] | None = None) -> int | None:
+        """A worker with room (among ``allowed``, default all), or None when every one is at capacity."""
+        candidates = range(len(self.load)) if allowed is None else allowed
+        open_ = [w for w in candidates if self._open(w)]
         if not open_:
             return None
         least = min(open_, key=lambda w: (self.load[w], self.assigned[w]))
         if key is not None:
             pref = self.preferred(key)
-            if self._open(pref) and self.load[pref] <= self.load[least] + self.slack:
+            if pref in open_ and self.load[pref] <= self.load[least] + self.slack:
                 return pref
         return least
 
