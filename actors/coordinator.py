@@ -35,6 +35,7 @@ from ray_mm.pool import (
     CrashCounts,
     Deadlines,
     FeatureSlots,
+    HeldFeatures,
     InflightRequest,
     LeaseTable,
     ReadyQueue,
@@ -85,6 +86,8 @@ class Coordinator:
         self.shard = shard
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.workers = [ray.get_actor(name) for name in worker_names]
+        self.worker_names = list(worker_names)
+        self.held = HeldFeatures(len(self.workers))  # feature lists the media workers hold for this shard
         self.media_tokens = frozenset(self.pre.adapter.feature_token_ids.values())
         self.selector = WorkerSelector(len(self.workers), self.cfg.max_inflight_per_worker,
                                        max_parked_per_worker=self.cfg.max_fetches_per_worker)
@@ -245,7 +248,8 @@ class Coordinator:
         """Every spec's answer, in spec order: ``(metadata, ref of its call's feature list, where its
         items start in it)``. Specs whose worker died are counted against (``CrashCounts``) and sent
         again; from then on each goes alone, to an idle worker held exclusively."""
-        entry.stage, entry.refs = "media", []
+        entry.stage = "media"
+        self._release_held(entry)  # sent again (nack): what the first dispatch left is not needed
         crashes = CrashCounts(self.cfg.max_worker_deaths_per_item)
         answered: dict[int, tuple[dict[str, Any], Any, int]] = {}
         todo = list(range(len(specs)))
@@ -260,8 +264,6 @@ class Coordinator:
             for ticket, answer in zip(tickets, answers):
                 if answer is not _WORKER_DIED:
                     answered[ticket.spec_index] = answer
-                    if not any(ref is answer[1] for ref in entry.refs):
-                        entry.refs.append(answer[1])
             if todo:
                 self._count_deaths(entry, specs, todo, crashes)
         return [answered[s] for s in range(len(specs))]
@@ -295,15 +297,16 @@ class Coordinator:
 
     def _send(self, call: Call) -> None:
         worker = self.workers[call.worker]
+        key = (self.incarnation, call.call_id)  # unique across this shard's restarts
         if call.collects is not None:
-            meta_ref, feat_ref = worker.collect_parked.options(num_returns=2).remote(call.collects)
+            meta_ref = worker.collect_parked.remote(call.collects, key)
         else:
-            meta_ref, feat_ref = worker.process_batch.options(num_returns=2).remote(
-                [t.spec for t in call.tickets], call.call_id)
+            meta_ref = worker.process_batch.remote([t.spec for t in call.tickets], call.call_id, key,
+                                                   self.held.take_drops(call.worker))
         self.call_refs[call.call_id] = meta_ref
-        asyncio.get_running_loop().create_task(self._await_call(call, meta_ref, feat_ref))
+        asyncio.get_running_loop().create_task(self._await_call(call, meta_ref, key))
 
-    async def _await_call(self, call: Call, meta_ref: Any, feat_ref: Any) -> None:
+    async def _await_call(self, call: Call, meta_ref: Any, key: Any) -> None:
         """Await one media call and hand each ticket its answer. Media workers return bad media as a
         value and Ray does not retry their calls, so an exception here is a dead worker (its tickets
         are sent again by their requests) or a failed or cancelled call."""
@@ -329,17 +332,45 @@ class Coordinator:
             else:  # nobody waits for them any more
                 self.planner.finished(follow_up.call_id)
                 self.workers[call.worker].drop_parked.remote(call.call_id)
-        flat = 0  # the worker returns the features of the answered specs' items as one flat list
+        holder = (self.worker_names[call.worker], key)  # where a GPU worker takes these features from
+        flat, held, users = 0, False, 0  # the worker holds the answered specs' items as one flat list
         for k, ticket in enumerate(call.tickets):
             if answer is not None and k in parked:
                 continue
             result: Any = _WORKER_DIED
             if answer is not None:
-                result = (answer[k], feat_ref, flat)
-                flat += len(answer[k].get("items", ()))
+                n_items = len(answer[k].get("items", ()))
+                result, flat, held = (answer[k], holder, flat), flat + n_items, held or n_items > 0
+                entry = self.inflight.get(ticket.request_id) if ticket.live and n_items else None
+                if entry is not None and (call.worker, key) not in entry.refs:
+                    entry.refs.append((call.worker, key))  # released when the request finishes
+                    users += 1
             if not ticket.waiter.done():
                 ticket.waiter.set_result(result)
+        if held:
+            self.held.hold(call.worker, key, users)
         self._pump()
+
+    def _release_held(self, entry: InflightRequest) -> None:
+        for worker, key in entry.refs:
+            self.held.release(worker, key)
+        entry.refs = []
+
+    def _flush_drops(self) -> None:
+        """Send the drops that no call carried (the pool went quiet, or a worker got no new call)."""
+        for worker, handle in enumerate(self.workers):
+            drops = self.held.take_drops(worker)
+            if drops:
+                handle.drop.remote(drops)
+
+    async def _borrow(self, feature_refs: list[tuple[tuple[str, Any], int]]) -> list[tuple[Any, int]]:
+        """``(ref, position)`` per item, the refs borrowed from the media workers that hold them (for a
+        caller that reads the features after the request is finished here)."""
+        holders = list(dict.fromkeys(holder for holder, _ in feature_refs))
+        by_name = {name: self.workers[self.worker_names.index(name)] for name, _ in holders}
+        refs = await asyncio.gather(*(by_name[name].take.remote([key]) for name, key in holders))
+        found = {holder: ref[0] for holder, ref in zip(holders, refs)}
+        return [(found[holder], pos) for holder, pos in feature_refs]
 
     async def _enqueue(self, ready: ReadyRequest, front: bool = False) -> None:
         async with self.ready_changed:
@@ -389,7 +420,8 @@ class Coordinator:
                     ray.cancel(ref, force=False)
                 except Exception:
                     pass
-        entry.refs, entry.prepared = [], None
+        self._release_held(entry)
+        entry.prepared = None
         self.leases.drop(rid)
         if self.ready.remove(rid):
             asyncio.get_running_loop().create_task(self._notify_ready())
@@ -452,7 +484,11 @@ class Coordinator:
         if waiter is not None and waiter.keep_features and record.get("ok"):
             # The caller borrows the refs through the returned record, which keeps the objects alive
             # after this request's refs are dropped here.
-            record[FEATURE_REFS_KEY] = list(lease_.payload.feature_refs)
+            try:
+                record[FEATURE_REFS_KEY] = await self._borrow(lease_.payload.feature_refs)
+            except ray.exceptions.RayError:  # the worker holding them died: the caller nacks nothing, so fail
+                record = RequestOutcome.failure(request_id, InternalError(
+                    f"request {request_id}: its features were lost with their media worker")).record
         await self._finish(request_id, record)
         return True
 
@@ -491,7 +527,6 @@ class Coordinator:
         self.counters[f"nack:{reason}"] += 1
         logger.warning("request %s: %s could not read its features (%s); dispatching its media again",
                        request_id, holder, reason)
-        entry.refs = []
         entry.task = asyncio.get_running_loop().create_task(self._run(entry))
         return True
 
@@ -507,6 +542,7 @@ class Coordinator:
         admission wakes it."""
         assert self.reaper_wake is not None
         while True:
+            self._flush_drops()
             if not self.inflight:
                 self._sample_depths()
                 self.reaper_wake.clear()
@@ -657,10 +693,10 @@ class Coordinator:
             "pid": os.getpid(),
         }
 
-    def feature_locations(self) -> list[dict[str, Any]]:
+    async def feature_locations(self) -> list[dict[str, Any]]:
         """Where the features of queued and leased requests live (node ids, size), for inspection."""
-        refs = [ref for r in [*self.ready, *(lease.payload for lease in self.leases.leases.values())]
-                for ref, _ in r.feature_refs]
+        payloads = [*self.ready, *(lease.payload for lease in self.leases.leases.values())]
+        refs = [ref for r in payloads for ref, _ in await self._borrow(r.feature_refs) if ref is not None]
         found = ray.experimental.get_object_locations(refs) if refs else {}
         return [{"node_ids": list(v.get("node_ids", [])), "object_size": v.get("object_size")} for v in found.values()]
 

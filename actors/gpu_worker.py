@@ -2,7 +2,7 @@
 
 Pull, not push: a worker asks for a batch only when it has room, which is the
 backpressure toward the coordinator. The acknowledgement is what lets the
-coordinator drop a request's feature refs; an unacknowledged lease expires
+coordinator let the media workers drop a request's features; an unacknowledged lease expires
 and the request is served again.
 
 With K coordinator shards the worker keeps one pull in flight per shard (each asks for
@@ -124,6 +124,7 @@ class GpuWorker:
             self.consumer = getattr(importlib.import_module(module), fn)
         self.stopping = threading.Event()
         self.held: dict[str, tuple[int, int]] = {}  # request_id -> (shard, lease token), for renewal
+        self.media_workers: dict[str, Any] = {}  # name -> handle, looked up when first needed
         self.held_lock = threading.Lock()
         self.consumed = 0
         self.zero_copy_checked = 0
@@ -259,21 +260,35 @@ class GpuWorker:
             self.faults += 1
 
     def _fetch(self, request: Any) -> list[Any]:
-        """The request's items' feature dicts, read zero-copy (one ``ray.get`` per media call's list).
-        Lost objects are rebuilt by lineage inside ``ray.get``; if that does not finish within the
-        lease, the request goes back."""
-        unique = list(dict.fromkeys(ref for ref, _ in request.feature_refs))
+        """The request's items' feature dicts, read zero-copy: the refs of each media call's list are
+        taken from the media worker that holds them (one ``take`` per worker), then read (one
+        ``ray.get``). A worker that died or restarted since (its lists are gone with it), or a read
+        that does not finish within the lease, sends the request back (``nack``)."""
+        holders = list(dict.fromkeys(holder for holder, _ in request.feature_refs))
+        by_worker: dict[str, list[Any]] = {}
+        for name, key in holders:
+            by_worker.setdefault(name, []).append(key)
         try:
-            lists = dict(zip(unique, ray.get(unique, timeout=self.cfg.lease_s)))
-        except ray.exceptions.GetTimeoutError:
+            taken = ray.get([self._media_worker(name).take.remote(keys) for name, keys in by_worker.items()],
+                            timeout=self.cfg.lease_s)
+            refs = {(name, key): ref for (name, keys), got in zip(by_worker.items(), taken) for key, ref in zip(keys, got)}
+            if any(ref is None for ref in refs.values()):
+                raise _FeaturesUnavailable("features_gone")
+            lists = dict(zip(holders, ray.get([refs[h] for h in holders], timeout=self.cfg.lease_s)))
+        except (ray.exceptions.GetTimeoutError, TimeoutError):
             raise _FeaturesUnavailable("fetch_timeout") from None
-        except ray.exceptions.OwnerDiedError:
+        except (ray.exceptions.OwnerDiedError, ray.exceptions.RayActorError):
             raise _FeaturesUnavailable("owner_died") from None
         except ray.exceptions.ObjectLostError:
             raise _FeaturesUnavailable("object_lost") from None
-        except ray.exceptions.RayError:  # the producing media call failed for good
+        except ray.exceptions.RayError:  # the holding media worker failed for good
             raise _FeaturesUnavailable("producer_failed") from None
-        return [lists[ref][k] for ref, k in request.feature_refs]
+        return [lists[holder][k] for holder, k in request.feature_refs]
+
+    def _media_worker(self, name: str) -> Any:
+        if name not in self.media_workers:
+            self.media_workers[name] = ray.get_actor(name)
+        return self.media_workers[name]
 
     def _consume(self, request: Any) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -5,11 +5,14 @@ An async actor: fetches run concurrently on its event loop (at most
 ``max_fetches_per_worker`` at once), and decoding runs on its one decode thread as
 soon as an item's bytes are in.
 
-One call carries entries of one or several requests (``ray_mm.pool.calls``) and returns two
-objects, (metadata, features), both owned by the caller, so the coordinator awaits the small
-one and passes the large one on without touching it: Ray's per-call and per-object costs land
-on the coordinator, the part that does not scale out, so they are paid per call, not per item
-or request. A fetch still running after ``slow_fetch_s`` is *parked*: the call answers
+One call carries entries of one or several requests (``ray_mm.pool.calls``), so Ray's per-call
+cost on the coordinator (the part that does not scale out) is paid per call, not per item or
+request. It answers only metadata. The worker puts the call's features in the object store
+itself and *holds* them under the coordinator's key: GPU workers ``take`` the refs (borrowing
+them) and the coordinator drops the key once the requests are finished, so the coordinator never
+owns or lends a feature object. If this worker dies, the features it held are gone: a GPU
+worker then nacks the request and the coordinator dispatches its media again.
+A fetch still running after ``slow_fetch_s`` is *parked*: the call answers
 without it (a slow server delays only its own request) and ``collect_parked`` answers it later.
 Bad media is returned as an error in that entry's metadata, not raised, so the other entries
 still count. A call is never retried by Ray (``max_task_retries=0``): if the worker dies, the
@@ -56,6 +59,10 @@ class MediaWorker:
         self.pre = Preprocessor(model_dir, RayMMConfig.model_validate(core_config), adapter)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.index = index
+        # key -> (when, ref of a call's feature list, owned here), until the coordinator drops it
+        self.held: dict[Any, tuple[float, Any]] = {}
+        self.held_ttl_s = self.cfg.request_timeout_s + self.cfg.lease_s + 60.0
+        self.held_expired = 0
         # call id -> (when, spec position -> its work) of specs parked in a call, until collected
         self.parked: dict[int, tuple[float, dict[int, asyncio.Future[Any]]]] = {}
         self.processed = 0
@@ -74,15 +81,22 @@ class MediaWorker:
         return self.node_id
 
     @ray.method(max_task_retries=0)
-    async def process_batch(self, specs: list[MediaSpec], call_id: int = 0) -> tuple[list[dict[str, Any]], list[Any]]:
-        """Per spec ``{"items": [ItemMeta...]}``, ``{"error": MMError}`` or ``{"parked": True}``; and
-        one flat list with the feature dict of every item of the answered specs, in order (an item's
-        place in it is its position among the items before it).
+    async def process_batch(self, specs: list[MediaSpec], call_id: int = 0, key: Any = None,
+                            drops: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Per spec ``{"items": [ItemMeta...]}``, ``{"error": MMError}`` or ``{"parked": True}``.
+
+        The features stay here: one flat list with the feature dict of every item of the answered
+        specs, in order (an item's place in it is its position among the items before it), put in
+        the object store by this worker and held under ``key`` until the coordinator drops it
+        (``drops``: keys it no longer needs, sent along with its next call) or GPU workers
+        ``take`` it. The coordinator never owns or lends feature objects: Ray's per-object work
+        stays on the workers, which scale out.
 
         The specs may belong to several requests. The call answers once every spec is done or
         *parked*: its fetch still runs after ``slow_fetch_s``, so a slow server holds neither the
         call's other specs nor this worker's decode slots. A parked spec goes on in the background;
         ``collect_parked(call_id)`` answers it."""
+        self.drop(drops or [])
         self._prune_parked()
         arena = self.arenas.acquire() if self.arenas is not None else None
         features: list[Any] = self.arenas.outputs(arena) if self.arenas is not None and arena is not None else []
@@ -102,7 +116,8 @@ class MediaWorker:
         if parked:
             self.slow_fetches += len(parked)
             self.parked[call_id] = (time.monotonic(), parked)
-        return metas, features
+        self._hold(key, features)
+        return metas
 
     @staticmethod
     async def _settled(task: asyncio.Future[Any], parked: asyncio.Event) -> None:
@@ -116,10 +131,10 @@ class MediaWorker:
             waiter.cancel()
 
     @ray.method(max_task_retries=0)
-    async def collect_parked(self, call_id: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    async def collect_parked(self, call_id: int, key: Any = None) -> list[dict[str, Any]]:
         """The parked specs of ``call_id``, in their order in that call, once done: as ``process_batch``
-        answers (their features in fresh arrays: the call's arena was handed back long ago).
-        Cancelling this call cancels their work."""
+        answers, their features held under ``key`` (in fresh arrays: the call's arena was handed
+        back long ago). Cancelling this call cancels their work."""
         _, parked = self.parked.pop(call_id, (0.0, {}))
         try:
             answers = [await parked[k] for k in sorted(parked)]
@@ -130,7 +145,31 @@ class MediaWorker:
         for meta, feats in answers:
             metas.append(meta)
             features.extend(feats)
-        return metas, features
+        self._hold(key, features)
+        return metas
+
+    def _hold(self, key: Any, features: list[Any]) -> None:
+        if features:
+            self.held[key] = (time.monotonic(), ray.put(features))  # copied: the call's arena is free again
+
+    def take(self, keys: list[Any]) -> list[Any]:
+        """The object refs of the feature lists held under ``keys`` (None for one not held: dropped, or
+        this worker restarted since). The caller borrows them; dropping here does not free an
+        object a borrower still reads."""
+        return [self.held[key][1] if key in self.held else None for key in keys]
+
+    def drop(self, keys: list[Any]) -> None:
+        """Stop holding the feature lists of ``keys`` (their requests finished)."""
+        for key in keys:
+            self.held.pop(key, None)
+        if self.held:  # a coordinator that died never drops its keys: they go after their requests' deadline
+            now = time.monotonic()
+            oldest = min(since for since, _ in self.held.values())
+            if now - oldest > self.held_ttl_s:
+                for key, (since, _) in list(self.held.items()):
+                    if now - since > self.held_ttl_s:
+                        del self.held[key]
+                        self.held_expired += 1
 
     def drop_parked(self, call_id: int) -> None:
         """Nobody wants the parked specs of ``call_id`` any more (their requests finished)."""
@@ -189,6 +228,8 @@ class MediaWorker:
             "node_id": self.node_id,
             "processed": self.processed,
             "slow_fetches": self.slow_fetches,
+            "held_feature_lists": len(self.held),
+            "held_expired": self.held_expired,
             "output_arena_allocations": None if self.arenas is None else self.arenas.allocations,
             "output_arena_bytes": None if self.arenas is None else self.arenas.capacity,
             "output_arenas": None if self.arenas is None else self.arenas.created,

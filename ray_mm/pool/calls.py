@@ -168,3 +168,39 @@ class CallPlanner:
         return {"media_calls": self.sent_calls, "media_call_items": self.sent_items,
                 "items_per_call": round(self.sent_items / self.sent_calls, 3) if self.sent_calls else None,
                 "media_calls_open": len(self.calls), "items_waiting": len(self.waiting) + len(self.suspects)}
+
+
+class HeldFeatures:
+    """Feature lists that media workers hold for this coordinator, one per answered call, by
+    ``(worker, key)``: how many unfinished requests still use each, and the keys to drop.
+
+    A call's list can serve several requests (a shared call); it is dropped when the last of
+    them finishes. Drops wait per worker and ride along with the next call to that worker (or
+    are flushed when the pool goes quiet), so dropping costs no call of its own under load.
+    """
+
+    def __init__(self, n_workers: int) -> None:
+        self.users: dict[tuple[int, Any], int] = {}
+        self.drops: list[list[Any]] = [[] for _ in range(n_workers)]
+
+    def hold(self, worker: int, key: Any, users: int) -> None:
+        """``key`` on ``worker`` now holds a list used by ``users`` requests (dropped at once if none)."""
+        if users > 0:
+            self.users[(worker, key)] = users
+        else:
+            self.drops[worker].append(key)
+
+    def release(self, worker: int, key: Any) -> None:
+        """One request using ``key`` finished."""
+        left = self.users.get((worker, key), 0) - 1
+        if left > 0:
+            self.users[(worker, key)] = left
+        elif self.users.pop((worker, key), None) is not None:
+            self.drops[worker].append(key)
+
+    def take_drops(self, worker: int) -> list[Any]:
+        out, self.drops[worker] = self.drops[worker], []
+        return out
+
+    def __len__(self) -> int:
+        return len(self.users)

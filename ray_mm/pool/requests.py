@@ -1,8 +1,8 @@
 """A request's state inside a coordinator, with no Ray in it: in flight, ready, and the step from
 answered media to a ready request (features located, record built).
 
-Feature objects appear here only as opaque references (``Any``): the coordinator's Ray layer
-makes them, and GPU workers read them.
+Feature lists appear here only as opaque holders (``Any``): media workers hold them, GPU
+workers take them, the coordinator only passes the holder along.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the pipeline imports the model adapters (transformers): not at import time
     from ..pipeline import Prepared
 
-# Per answered spec: (its metadata, the ref of its call's feature list, where its items start in it).
+# Per answered spec: (its metadata, where its call's feature list is held, where its items start in it).
 Answer = tuple[dict[str, Any], Any, int]
 
 
@@ -24,7 +24,9 @@ class ReadyRequest:
 
     request_id: str
     record: dict[str, Any]
-    feature_refs: list[tuple[Any, int]]  # per item in prompt order: (ref to a media call's feature list, position)
+    # Per item in prompt order: ((media worker name, key), position): the worker holds a media call's
+    # feature list under the key; the item is at that position in it.
+    feature_refs: list[tuple[Any, int]]
     placeholder_tokens: int
     pulls: int = 0
     lease: int = 0  # token of the current lease; set on each pull, named in ack / nack
@@ -39,7 +41,7 @@ class InflightRequest:
     deadline: float
     prepared: Prepared | None = None
     task: Any = None  # the asyncio task that dispatches, collects and aligns it
-    refs: list[Any] = field(default_factory=list)  # feature refs it holds (one per call that answered it)
+    refs: list[Any] = field(default_factory=list)  # (worker, key) of the held feature lists it uses
     stage: str = "dispatch"
     has_slot: bool = False  # holds one of the max_feature_requests slots
     dispatches: int = 0

@@ -121,6 +121,34 @@ def test_requests_that_cannot_finish_time_out(cluster: LocalCluster, model_dir: 
     resources_settled()
 
 
+def test_media_worker_killed_while_it_holds_queued_features(cluster: LocalCluster, model_dir: Path) -> None:
+    """Media workers hold the features they made (the coordinator only passes holders along). A worker
+    killed while requests whose features it holds wait for (or are leased to) the GPU worker costs
+    a re-dispatch of those requests: each comes back once, ok."""
+    uris = tiny_uris(8)
+    cfg = PoolConfig(cpu_workers=2, gpu_workers=1, consumer="noop", consumer_delay_s=0.4, pull_batch_size=1,
+                     ready_queue_size=8, lease_s=30)
+    with Pool(str(model_dir), RayMMConfig(), cfg) as pool:
+        rids = [pool.submit(line(f"h{k}", uris[k % 8])) for k in range(12)]
+
+        def held_by_worker0() -> Any:
+            stats = ray.get(pool.media_workers[0].stats.remote(), timeout=60)
+            queued = coord_stats(pool)["ready"]
+            return stats["held_feature_lists"] > 0 and queued >= 2 and stats
+
+        before = wait_until(held_by_worker0, 60)
+        os.kill(before["pid"], signal.SIGKILL)
+        records = list(pool.results(timeout_s=120))
+        final = coord_stats(pool)
+    by_id = Counter(r["request_id"] for r in records)
+    assert by_id == Counter(rids)  # nothing lost, nothing twice
+    assert all(r["ok"] for r in records), [r for r in records if not r["ok"]]
+    counters = final["counters"]
+    nacks = sum(v for k, v in counters.items() if k.startswith("nack:"))
+    assert nacks >= 1 and counters.get("redispatched", 0) >= 1, counters
+    assert final["inflight"] == final["held_feature_refs"] == 0
+
+
 class Chaos:
     """The four faults, each injected once the run has reached a given progress.
 

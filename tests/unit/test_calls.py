@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ray_mm.pool import CallPlanner, Ticket, WorkerSelector
+from ray_mm.pool import CallPlanner, HeldFeatures, Ticket, WorkerSelector
 
 
 @dataclass
@@ -130,3 +130,18 @@ def test_shared_call_is_kept_while_one_request_still_needs_it() -> None:
     [shared] = planner.plan()
     assert planner.drop_request("a") == []
     assert planner.drop_request("b") == [shared.call_id]
+
+
+def test_held_feature_lists_are_dropped_when_their_last_request_finishes() -> None:
+    held = HeldFeatures(2)
+    held.hold(0, "shared", users=2)
+    held.hold(1, "alone", users=1)
+    held.hold(1, "unwanted", users=0)  # every request it answered finished before the answer came
+    assert held.take_drops(1) == ["unwanted"] and held.take_drops(1) == []
+    held.release(0, "shared")
+    assert held.take_drops(0) == []  # one request still reads it
+    held.release(0, "shared")
+    held.release(1, "alone")
+    assert held.take_drops(0) == ["shared"] and held.take_drops(1) == ["alone"]
+    held.release(1, "alone")  # a second release of a dropped key changes nothing
+    assert held.take_drops(1) == [] and len(held) == 0
