@@ -20,6 +20,7 @@ import io
 import struct
 import zlib
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -221,3 +222,20 @@ def noisy_video(frames: int = 8, height: int = 360, width: int = 640, seed: int 
     c = np.arange(3)[None, None, None, :]
     base = (x * 2 + y + t * 17 + c * 50) % 256
     return np.clip(base + rng.integers(-20, 20, size=(frames, height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def sampled_video_meta(num_frames: int, total: int, fps: float) -> dict[str, Any]:
+    """Video metadata as the HF video processors take it: ``num_frames`` indices spread over ``total``."""
+    indices = np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
+    return {"fps": fps, "total_num_frames": total, "frames_indices": indices, "duration": total / fps}
+
+
+def rows_per_item(values: np.ndarray, grids: np.ndarray) -> list[np.ndarray]:
+    """Split a request's concatenated patches into per-item row blocks by grid."""
+    out, offset = [], 0
+    for grid in grids:
+        n = int(np.prod(grid))
+        out.append(values[offset : offset + n])
+        offset += n
+    assert offset == values.shape[0]
+    return out

@@ -21,7 +21,7 @@ from PIL import Image
 from ray_mm.bench.micro_media import make_bench_model
 from ray_mm.models.qwen2_vl import Qwen2VLAdapter, pixels_from_patches
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, QwenPixelPath
-from tests.unit.media_factory import noisy_rgb, noisy_video
+from tests.unit.media_factory import noisy_rgb, noisy_video, rows_per_item
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VID = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -92,16 +92,6 @@ def _request(images: list[Any], videos: list[np.ndarray]) -> str:
     return " ".join([f"image {IMG}" for _ in images] + [f"video {VID}" for _ in videos])
 
 
-def _slices(values: np.ndarray, grids: np.ndarray) -> list[np.ndarray]:
-    """Split a request's concatenated patches into per-item row blocks by grid."""
-    out, offset = [], 0
-    for grid in grids:
-        n = int(np.prod(grid))
-        out.append(values[offset : offset + n])
-        offset += n
-    assert offset == values.shape[0]
-    return out
-
 
 def test_images_and_videos_float32_match_processor(adapter: Qwen2VLAdapter, hf: Any) -> None:
     images = _images()
@@ -111,7 +101,7 @@ def test_images_and_videos_float32_match_processor(adapter: Qwen2VLAdapter, hf: 
         ("image", images, "pixel_values", "image_grid_thw"),
         ("video", videos, "pixel_values_videos", "video_grid_thw"),
     ):
-        expected = _slices(ref[key], ref[grid_key])
+        expected = rows_per_item(ref[key], ref[grid_key])
         for data, exp, grid in zip(items, expected, ref[grid_key], strict=True):
             (item,) = adapter.process(kind, data)
             assert item.grid_thw == grid.tolist()  # exact
@@ -135,8 +125,8 @@ def test_uint8_transport_matches_processor(adapter: Qwen2VLAdapter, hf: Any) -> 
         ("image", images, "pixel_values", "image_grid_thw"),
         ("video", videos, "pixel_values_videos", "video_grid_thw"),
     ):
-        exp_float = _slices(ref[key], ref[grid_key])
-        exp_raw = _slices(raw[key], raw[grid_key])
+        exp_float = rows_per_item(ref[key], ref[grid_key])
+        exp_raw = rows_per_item(raw[key], raw[grid_key])
         for data, f32, u8, grid in zip(items, exp_float, exp_raw, ref[grid_key], strict=True):
             (item,) = adapter.process(kind, data, {"transport": "uint8"})
             assert item.grid_thw == grid.tolist()
@@ -194,7 +184,7 @@ def test_pil_modes_and_large_images_match_processor(bench_dir: Path) -> None:
         Image.fromarray(_rgb(3840, 2160, 27)),
     ]
     ref = hf(text=[_request(images, [])], images=images, return_tensors="np")
-    for img, exp, grid in zip(images, _slices(ref["pixel_values"], ref["image_grid_thw"]), ref["image_grid_thw"], strict=True):
+    for img, exp, grid in zip(images, rows_per_item(ref["pixel_values"], ref["image_grid_thw"]), ref["image_grid_thw"], strict=True):
         (item,) = adapter.process("image", img)
         assert item.grid_thw == grid.tolist(), img.mode
         np.testing.assert_allclose(item.features["pixel_values"], exp, atol=1e-5, rtol=0, err_msg=img.mode)

@@ -21,7 +21,7 @@ from transformers import AutoProcessor
 from ray_mm.models.qwen2_vl import pixels_from_patches
 from ray_mm.models.qwen2_vl_fast import FastPathUnsupported, PixelSettings, QwenPixelPath
 from ray_mm.models.qwen3_vl import Qwen3VLAdapter
-from tests.unit.media_factory import noisy_rgb, noisy_video
+from tests.unit.media_factory import noisy_rgb, noisy_video, rows_per_item, sampled_video_meta
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VID = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -46,17 +46,13 @@ def _images() -> list[Any]:
     ]
 
 
-def _meta(num_frames: int, total: int, fps: float) -> dict[str, Any]:
-    indices = np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
-    return {"fps": fps, "total_num_frames": total, "frames_indices": indices, "duration": total / fps}
-
 
 def _videos() -> list[tuple[np.ndarray, dict[str, Any]]]:
     return [
-        (noisy_video(4, 180, 320, 8), _meta(4, 120, 30.0)),
-        (noisy_video(5, 90, 200, 9), _meta(5, 50, 10.0)),  # odd count: last frame repeated, last index padded
-        (noisy_video(16, 360, 640, 10), _meta(16, 240, 24.0)),  # per-frame cap binds (64 tokens a frame)
-        (noisy_video(2, 20, 30, 11), _meta(2, 10, 5.0)),  # tiny frames: grown to the minimum
+        (noisy_video(4, 180, 320, 8), sampled_video_meta(4, 120, 30.0)),
+        (noisy_video(5, 90, 200, 9), sampled_video_meta(5, 50, 10.0)),  # odd count: last frame repeated, last index padded
+        (noisy_video(16, 360, 640, 10), sampled_video_meta(16, 240, 24.0)),  # per-frame cap binds (64 tokens a frame)
+        (noisy_video(2, 20, 30, 11), sampled_video_meta(2, 10, 5.0)),  # tiny frames: grown to the minimum
     ]
 
 
@@ -85,15 +81,6 @@ def hf(model_dir: Path) -> Any:
 def adapter(model_dir: Path) -> Qwen3VLAdapter:
     return _hand_only(model_dir)
 
-
-def _slices(values: np.ndarray, grids: np.ndarray) -> list[np.ndarray]:
-    out, offset = [], 0
-    for grid in grids:
-        n = int(np.prod(grid))
-        out.append(values[offset : offset + n])
-        offset += n
-    assert offset == values.shape[0]
-    return out
 
 
 def _reference(hf: Any, images: list[Any], videos: list[tuple[np.ndarray, dict[str, Any]]], **kwargs: Any) -> Any:
@@ -127,12 +114,12 @@ def test_settings_read_from_the_processors(hf: Any) -> None:
 def test_images_and_videos_float32_match_processor(adapter: Qwen3VLAdapter, hf: Any) -> None:
     images, videos = _images(), _videos()
     ref = _reference(hf, images, videos)
-    for data, exp, grid in zip(images, _slices(ref["pixel_values"], ref["image_grid_thw"]), ref["image_grid_thw"], strict=True):
+    for data, exp, grid in zip(images, rows_per_item(ref["pixel_values"], ref["image_grid_thw"]), ref["image_grid_thw"], strict=True):
         (item,) = adapter.process("image", data)
         assert item.grid_thw == grid.tolist()
         assert item.features["pixel_values"].dtype == np.float32
         np.testing.assert_allclose(item.features["pixel_values"], exp, atol=1e-5, rtol=0)
-    expected = _slices(ref["pixel_values_videos"], ref["video_grid_thw"])
+    expected = rows_per_item(ref["pixel_values_videos"], ref["video_grid_thw"])
     # The whole request as text with every item's expansion spliced in must tokenize to HF's ids.
     pieces = [f"image <|vision_start|>{'<|image_pad|>' * (int(np.prod(grid)) // 4)}<|vision_end|>"
               for grid in ref["image_grid_thw"]]
@@ -153,7 +140,7 @@ def test_uint8_transport_matches_processor(adapter: Qwen3VLAdapter, hf: Any) -> 
     raw = _reference(hf, images, videos, do_rescale=False, do_normalize=False)
     for kind, items, key, grid_key in (("image", images, "pixel_values", "image_grid_thw"),
                                        ("video", videos, "pixel_values_videos", "video_grid_thw")):
-        for data, f32, u8 in zip(items, _slices(ref[key], ref[grid_key]), _slices(raw[key], raw[grid_key]), strict=True):
+        for data, f32, u8 in zip(items, rows_per_item(ref[key], ref[grid_key]), rows_per_item(raw[key], raw[grid_key]), strict=True):
             options: dict[str, Any] = {"transport": "uint8"}
             if kind == "video":
                 data, options["video_metadata"] = data
@@ -168,7 +155,7 @@ def test_uint8_transport_matches_processor(adapter: Qwen3VLAdapter, hf: Any) -> 
 
 def test_per_item_budget_binds_the_per_frame_share(adapter: Qwen3VLAdapter, hf: Any) -> None:
     """A client ``max_pixels`` for the whole video: 8 frames of a 65536-pixel budget get 8192 pixels each."""
-    frames, meta = noisy_video(8, 360, 640, 12), _meta(8, 80, 20.0)
+    frames, meta = noisy_video(8, 360, 640, 12), sampled_video_meta(8, 80, 20.0)
     options = {"min_pixels": 4096, "max_pixels": 65536, "video_metadata": meta}
     ref = hf.video_processor(videos=[frames], size={"shortest_edge": 4096, "longest_edge": 65536},
                              do_sample_frames=False, return_tensors="np")
@@ -197,5 +184,5 @@ def test_one_frame_video_is_refused_like_the_processor(adapter: Qwen3VLAdapter, 
     with pytest.raises(ValueError, match="temporal_factor") as theirs:
         hf.video_processor(videos=[frames], do_sample_frames=False)
     with pytest.raises(ValueError) as ours:
-        adapter.process("video", frames, {"video_metadata": _meta(1, 10, 5.0)})
+        adapter.process("video", frames, {"video_metadata": sampled_video_meta(1, 10, 5.0)})
     assert str(ours.value) == str(theirs.value)

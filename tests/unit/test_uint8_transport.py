@@ -22,7 +22,7 @@ from transformers import AutoProcessor
 
 from ray_mm.config import RayMMConfig
 from ray_mm.models import load_adapter
-from tests.unit.media_factory import noisy_rgb, noisy_video
+from tests.unit.media_factory import noisy_rgb, noisy_video, rows_per_item, sampled_video_meta
 
 IMG = "<|vision_start|><|image_pad|><|vision_end|>"
 VID = "<|vision_start|><|video_pad|><|vision_end|>"
@@ -41,28 +41,15 @@ def _images() -> list[Any]:
     ]
 
 
-def _meta(num_frames: int, total: int, fps: float) -> dict[str, Any]:
-    indices = np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
-    return {"fps": fps, "total_num_frames": total, "frames_indices": indices, "duration": total / fps}
-
 
 def _videos() -> list[tuple[np.ndarray, dict[str, Any]]]:
     return [
-        (noisy_video(4, 180, 320, 7), _meta(4, 120, 30.0)),  # even frame count
-        (noisy_video(5, 90, 200, 8), _meta(5, 50, 10.0)),  # odd: the last frame repeated
-        (noisy_video(3, 70, 110, 9), _meta(3, 30, 10.0)),  # odd, odd sizes
-        (noisy_video(2, 20, 30, 10), _meta(2, 10, 5.0)),  # tiny frames: grown to the minimum
+        (noisy_video(4, 180, 320, 7), sampled_video_meta(4, 120, 30.0)),  # even frame count
+        (noisy_video(5, 90, 200, 8), sampled_video_meta(5, 50, 10.0)),  # odd: the last frame repeated
+        (noisy_video(3, 70, 110, 9), sampled_video_meta(3, 30, 10.0)),  # odd, odd sizes
+        (noisy_video(2, 20, 30, 10), sampled_video_meta(2, 10, 5.0)),  # tiny frames: grown to the minimum
     ]
 
-
-def _slices(values: np.ndarray, grids: np.ndarray) -> list[np.ndarray]:
-    out, offset = [], 0
-    for grid in grids:
-        n = int(np.prod(grid))
-        out.append(values[offset : offset + n])
-        offset += n
-    assert offset == values.shape[0]
-    return out
 
 
 def _fresh(model_dir: Path) -> Any:
@@ -101,7 +88,7 @@ def _shipped_and_expected(adapter: Any, ref: Any, hf_path: bool) -> list[tuple[A
     out = []
     for kind, items, key, grid_key in (("image", [(i, {}) for i in _images()], "pixel_values", "image_grid_thw"),
                                        ("video", _videos(), "pixel_values_videos", "video_grid_thw")):
-        for (data, meta), exp, grid in zip(items, _slices(ref[key], ref[grid_key]), ref[grid_key], strict=True):
+        for (data, meta), exp, grid in zip(items, rows_per_item(ref[key], ref[grid_key]), ref[grid_key], strict=True):
             options = {**U8, **({"video_metadata": meta} if kind == "video" and adapter.takes_video_metadata else {})}
             (item,) = process(kind, data, options)
             assert item.grid_thw == grid.tolist()
