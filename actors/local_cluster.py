@@ -16,9 +16,6 @@ from typing import Any
 from ray_mm.pool.config import DEFAULT_CPU_RESOURCE, LocalClusterSpec
 
 LOOPBACK = "127.0.0.1"
-# Features above this many bytes go to the shared object store instead of being
-# returned inline to the caller, so feature bytes never pass through the coordinator.
-INLINE_OBJECT_LIMIT = 4096
 
 
 def loopback_env() -> None:
@@ -30,7 +27,6 @@ def loopback_env() -> None:
     """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ["RAY_max_direct_call_object_size"] = str(INLINE_OBJECT_LIMIT)
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:
         constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
@@ -97,7 +93,6 @@ def start_local_cluster(
             # Free ports, not Ray's defaults, so several local clusters (tests, benchmarks) can coexist.
             "dashboard_agent_listen_port": free_port(),
             "num_cpus": spec.head.get("num_cpus", 1),
-            "_system_config": {"max_direct_call_object_size": INLINE_OBJECT_LIMIT},
         },
     )
     local = LocalCluster(cluster, [], [])

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -42,32 +41,9 @@ from ray_mm.request import request_id_of
 
 from .coordinator import Coordinator
 from .gpu_worker import GpuWorker
-from .local_cluster import INLINE_OBJECT_LIMIT
 from .media_worker import MediaWorker
 
 log = logging.getLogger("ray_mm.actors.pool")
-
-# Media workers return each call's features as one object. Ray returns an object of at most
-# ``max_direct_call_object_size`` bytes inline, in the reply to the caller (the coordinator), instead
-# of putting it in the object store; features must never travel that way (through the coordinator,
-# copied into each reply). The smallest features a media item yields (an image at the processor's
-# minimum size, 56x56: 16 patches of 1176 values, 18 KB even as uint8) are well above this, so a
-# limit at or below it keeps every feature object in the store. cluster_configs/ and
-# local_cluster.py set the limit to this value.
-INLINE_FEATURES_LIMIT = INLINE_OBJECT_LIMIT
-RAY_DEFAULT_MAX_DIRECT_CALL_OBJECT_SIZE = 100 * 1024  # Ray's default (src/ray/common/ray_config_def.h)
-_DIRECT_CALL_SETTING = "max_direct_call_object_size"
-
-
-@ray.remote(num_cpus=0)
-def _node_direct_call_limit() -> int | None:
-    """This node's ``RAY_max_direct_call_object_size`` (a worker inherits its raylet's environment,
-    where Ray's C++ config reads it), or None when unset."""
-    value = os.environ.get("RAY_" + _DIRECT_CALL_SETTING)
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -99,8 +75,6 @@ class Pool:
         self.duplicates_dropped = 0  # late copies of records already emitted
         self.refused = 0  # lines Pool.run answered with the coordinator's refusal (an id still in flight)
         self._takes: dict[int, Any] = {}  # shard -> its take_results call in flight (its records are collected once)
-        self.max_direct_call_object_size: int | None = None
-        self.inline_features_possible: bool | None = None
         try:
             self._start()
         except BaseException:
@@ -138,13 +112,11 @@ class Pool:
             ).remote(self.coordinator_names, self.model_dir, cfg.model_dump(mode="json"), self.adapter, f"gpu{k}")
             for k in range(cfg.gpu_workers)
         ]
-        probe = self._probe_direct_call_limit()  # runs while the actors start
         self._wait_for([
             ("media workers", self.media_workers, {cfg.cpu_node_resource: cfg.cpu_workers}),
             ("coordinator", self.coordinators, dict(cfg.coordinator_resources)),
             ("GPU workers", self.gpu_workers, {cfg.gpu_node_resource: cfg.gpu_workers}),
         ])
-        self._check_inline_features(probe)
         self.incarnations = ray.get([c.incarnation_id.remote() for c in self.coordinators])
         self.gpu_runs = [w.run.remote() for w in self.gpu_workers]
 
@@ -168,55 +140,6 @@ class Pool:
         raise TimeoutError(
             "; ".join(late) + ". Add nodes carrying these resources (see cluster_configs/) or lower the worker count."
         )
-
-    # -- inline features check -------------------------------------------------
-    def _probe_direct_call_limit(self) -> int | list[Any] | None:
-        """The cluster's ``max_direct_call_object_size``, or refs of per-node probes to wait for.
-
-        Ray resolves it per process as: ``_system_config`` (cluster-wide, kept by the GCS) over the
-        ``RAY_max_direct_call_object_size`` environment variable (per node) over the default. The
-        system config is read here with no task; otherwise a zero-CPU task on each node that can
-        host a media worker (they are the ones returning features) reads that node's variable."""
-        try:
-            system = ray._private.state.state.get_system_config()
-        except Exception:  # an API this Ray lacks: fall back to the per-node probe
-            log.debug("cannot read the cluster's system config", exc_info=True)
-            system = {}
-        if _DIRECT_CALL_SETTING in system:
-            return int(system[_DIRECT_CALL_SETTING])
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(self.cfg.cpu_node_resource)]
-        return [
-            _node_direct_call_limit.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-            for node in nodes
-        ] or None
-
-    def _check_inline_features(self, probe: int | list[Any] | None, timeout_s: float = 30.0) -> None:
-        """Record whether feature objects could be returned inline (through the coordinator) on this
-        cluster, and warn at start-up if so; never fails the pool."""
-        limit: int | None
-        if isinstance(probe, list):
-            done, _ = ray.wait(probe, num_returns=len(probe), timeout=timeout_s)
-            try:
-                values = ray.get(done)
-            except Exception:
-                log.debug("max_direct_call_object_size probe failed", exc_info=True)
-                values = []
-            limit = max((RAY_DEFAULT_MAX_DIRECT_CALL_OBJECT_SIZE if v is None else v for v in values), default=None)
-        else:
-            limit = probe
-        self.max_direct_call_object_size = limit
-        self.inline_features_possible = None if limit is None else limit > INLINE_FEATURES_LIMIT
-        if limit is None:
-            log.warning("pool %s: could not read max_direct_call_object_size on the cluster; features may be "
-                        "returned inline through the coordinator unless every node sets "
-                        "RAY_max_direct_call_object_size=%d", self.pool_id, INLINE_FEATURES_LIMIT)
-        elif self.inline_features_possible:
-            log.warning("pool %s: max_direct_call_object_size is %d bytes on this cluster, so feature objects up "
-                        "to that size are returned inline through the coordinator instead of the object store; "
-                        "start every node with RAY_max_direct_call_object_size=%d (see cluster_configs/)",
-                        self.pool_id, limit, INLINE_FEATURES_LIMIT)
 
     def shutdown(self) -> None:
         try:
@@ -295,8 +218,6 @@ class Pool:
         out["duplicates_dropped"] = self.duplicates_dropped
         out["refused"] = self.refused
         # Whether feature objects could travel inline through the coordinator (None: unknown).
-        out["inline_features_possible"] = self.inline_features_possible
-        out["max_direct_call_object_size"] = self.max_direct_call_object_size
         return out
 
     @staticmethod

@@ -102,9 +102,3 @@ def test_pool_run_answers_an_id_in_flight_with_a_409_record(pool: Pool) -> None:
     assert len(refused) == 1 and refused[0]["error"]["type"] == "RequestError" and refused[0]["error"]["status"] == 409
     assert "already in the pool" in refused[0]["error"]["message"]
     assert pool.stats()["refused"] == 1
-
-
-def test_local_cluster_keeps_features_out_of_inline_replies(pool: Pool) -> None:
-    stats = pool.stats()
-    assert stats["inline_features_possible"] is False
-    assert stats["max_direct_call_object_size"] == 4096

@@ -118,8 +118,7 @@ def _submit_job_to_fresh_head(model_dir: Path, request_file: Path, out: Path) ->
          "--num-cpus=2", '--resources={"mm_cpu": 2, "mm_gpu": 1}', "--include-dashboard=true",
          f"--dashboard-host={LOOPBACK}", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
          "--disable-usage-stats", f"--temp-dir={ray_tmp}"],
-        # Features must never be returned inline through the coordinator (see actors/pool.py), as on cluster_configs/.
-        env=_env() | auth | {"RAY_max_direct_call_object_size": "4096"},
+        env=_env() | auth,
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     env = _env() | auth
