@@ -49,8 +49,9 @@ def shard_config(cfg: PoolConfig) -> PoolConfig:
     """One shard's configuration: the pool's totals divided among ``cfg.coordinators`` shards.
 
     Divided (rounded up, at least 1): the admission limit, the ready queue, the feature slots
-    (the object-store bound), and each media worker's decode and parked-fetch slots (every
-    shard places work on every worker). The same config for K=1.
+    (the object-store bound), and each media worker's decode, parked-fetch and call slots (every
+    shard places work on every worker; with fewer calls in flight each, a shard's items wait a
+    little longer and share calls, as one coordinator's do). The same config for K=1.
     """
     k = cfg.coordinators
     if k <= 1:
@@ -61,6 +62,7 @@ def shard_config(cfg: PoolConfig) -> PoolConfig:
         "max_feature_requests": _share(cfg.feature_request_limit(), k),
         "max_inflight_per_worker": _share(cfg.max_inflight_per_worker, k),
         "max_fetches_per_worker": _share(cfg.max_fetches_per_worker, k),
+        "max_calls_per_worker": _share(cfg.max_calls_per_worker, k),
     })
 
 
@@ -91,6 +93,8 @@ def merge_stats(shards: list[dict[str, Any]]) -> dict[str, Any]:
             elif isinstance(value, dict):
                 for k2, v2 in value.items():
                     out[key][k2] = out[key].get(k2, 0) + v2 if isinstance(v2, (int, float)) else v2
+    if out.get("media_calls"):  # a ratio: from the summed counts, not summed
+        out["items_per_call"] = round(out.get("media_call_items", 0) / out["media_calls"], 3)
     out["incarnation"] = shards[0].get("incarnation")
     out["coordinators"] = len(shards)
     out["shards"] = list(shards)

@@ -52,6 +52,7 @@ def test_shard_config_divides_the_totals() -> None:
     one = shard_config(cfg)
     assert one.max_inflight_requests == 33 and one.ready_queue_size == 8
     assert one.max_inflight_per_worker == 2 and one.max_fetches_per_worker == 8
+    assert one.max_calls_per_worker == 1  # the default 2 calls per worker, shared by the two shards
     assert one.feature_request_limit() == (16 + 4 + 8) // 2
     assert one.coordinators == 2
     assert shard_config(PoolConfig()) == PoolConfig()  # one shard: unchanged
@@ -70,6 +71,9 @@ def test_merge_stats_sums_shards() -> None:
     assert out["coordinator_cpu_s"] == 0.75 and out["coordinators"] == 2
     assert out["incarnation"] == 7 and "pid" not in out and out["shards"] == [a, b]
     assert a["counters"] == {"ok": 3, "x": 1}  # inputs untouched
+    calls = merge_stats([{"media_calls": 2, "media_call_items": 16, "items_per_call": 8.0},
+                         {"media_calls": 6, "media_call_items": 12, "items_per_call": 2.0}])
+    assert calls["items_per_call"] == 3.5  # 28 items over 8 calls, not 8.0 + 2.0
     down = merge_stats([a, {"error": "RayActorError"}])
     assert down["inflight"] == 2 and down["shards"][1] == {"error": "RayActorError"}
     single = merge_stats([a])
