@@ -61,9 +61,11 @@ class PoolConfig(BaseModel):
         default=64, ge=1, description="Admission limit: requests held by the coordinator; past it submit raises."
     )
     max_inflight_per_worker: int = Field(
-        default=16, ge=1,
+        default=4, ge=1,
         description="Items of decode work queued on one media worker at once (items waiting on a slow fetch are not "
-        "counted). Room for several requests' items lets them share calls under load.",
+        "counted). More room lets more requests' items share a call (less coordinator CPU for cheap items: "
+        "cache hits, tiny images) but assigns work early, which unbalances the workers on mixed media "
+        "(BENCHMARKS.md, Session 6: 16 cost the bench's mixed workload a third of its throughput).",
     )
     max_calls_per_worker: int = Field(
         default=2, ge=1,
