@@ -44,8 +44,9 @@ def test_model_directory_that_does_not_exist(
     command: str, tmp_path: Path, requests_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "no-such-model"
-    _fails([command, "--model", str(missing), "--requests", str(requests_file), "--out", str(tmp_path / "o.jsonl")],
-           capsys, "model directory not found", str(missing))
+    line = _fails([command, "--model", str(missing), "--requests", str(requests_file), "--out", str(tmp_path / "o.jsonl")],
+                  capsys, "model directory not found", str(missing))
+    assert line.startswith(f"ray-mm {command}: error: ")
 
 
 def test_model_directory_that_is_not_a_model(
@@ -53,7 +54,8 @@ def test_model_directory_that_is_not_a_model(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    _fails(["align", "--model", str(empty), "--requests", str(requests_file)], capsys, "cannot load a model", str(empty))
+    line = _fails(["align", "--model", str(empty), "--requests", str(requests_file)], capsys, "cannot load a model", str(empty))
+    assert line.startswith("ray-mm align: error: ")
 
 
 @pytest.mark.parametrize("command", ["align", "run"])
@@ -61,8 +63,9 @@ def test_request_file_that_cannot_be_read(
     command: str, tmp_path: Path, qwen2_vl_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for bad in (tmp_path / "missing.jsonl", tmp_path):
-        _fails([command, "--model", str(qwen2_vl_dir), "--requests", str(bad), "--out", str(tmp_path / "o.jsonl")],
-               capsys, "cannot read request file", str(bad))
+        line = _fails([command, "--model", str(qwen2_vl_dir), "--requests", str(bad), "--out", str(tmp_path / "o.jsonl")],
+                      capsys, "cannot read request file", str(bad))
+        assert line.startswith(f"ray-mm {command}: error: ")
 
 
 @pytest.mark.parametrize(("yaml_text", "key", "nearest"), [
@@ -83,33 +86,39 @@ def test_misspelt_config_key_names_the_nearest_valid_one(
 
 def test_misspelt_pool_key(tmp_path: Path, requests_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _config(tmp_path, "pool:\n  consumr: noop\n  cpu_workers: 1\n")
-    _fails(["run", "--requests", str(requests_file), "--config", cfg], capsys,
-           "unknown key 'pool.consumr'", "did you mean 'pool.consumer'?")
+    line = _fails(["run", "--requests", str(requests_file), "--config", cfg], capsys,
+                  "unknown key 'pool.consumr'", "did you mean 'pool.consumer'?")
+    assert line.startswith("ray-mm run: error: ")
 
 
 def test_misspelt_cluster_config_key(tmp_path: Path, requests_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = _config(tmp_path, "cpu_nodes:\n  cuont: 2\n")
-    _fails(["run", "--requests", str(requests_file), "--cluster-config", spec], capsys,
-           "unknown key 'cpu_nodes.cuont'", "did you mean 'cpu_nodes.count'?")
+    line = _fails(["run", "--requests", str(requests_file), "--cluster-config", spec], capsys,
+                  "unknown key 'cpu_nodes.cuont'", "did you mean 'cpu_nodes.count'?")
+    assert line.startswith("ray-mm run: error: ")
 
 
 def test_invalid_config_value_missing_file_and_bad_yaml(
     tmp_path: Path, requests_file: Path, qwen2_vl_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     common = ["align", "--model", str(qwen2_vl_dir), "--requests", str(requests_file), "--config"]
-    _fails([*common, _config(tmp_path, "media:\n  fetch_timeout_s: -1\n")], capsys,
-           "invalid value for 'media.fetch_timeout_s'", "greater than 0")
-    _fails([*common, str(tmp_path / "nope.yaml")], capsys, "cannot read config file", "nope.yaml")
-    _fails([*common, _config(tmp_path, "media: [unclosed\n")], capsys, "not valid YAML")
-    _fails([*common, _config(tmp_path, "- a list\n")], capsys, "expected a mapping")
+    lines = [
+        _fails([*common, _config(tmp_path, "media:\n  fetch_timeout_s: -1\n")], capsys,
+               "invalid value for 'media.fetch_timeout_s'", "greater than 0"),
+        _fails([*common, str(tmp_path / "nope.yaml")], capsys, "cannot read config file", "nope.yaml"),
+        _fails([*common, _config(tmp_path, "media: [unclosed\n")], capsys, "not valid YAML"),
+        _fails([*common, _config(tmp_path, "- a list\n")], capsys, "expected a mapping"),
+    ]
+    assert all(line.startswith("ray-mm align: error: ") for line in lines), lines
 
 
 def test_output_file_that_cannot_be_written(
     tmp_path: Path, requests_file: Path, qwen2_vl_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "missing-dir" / "o.jsonl"
-    _fails(["align", "--model", str(qwen2_vl_dir), "--requests", str(requests_file), "--out", str(out)],
-           capsys, "cannot write output file")
+    line = _fails(["align", "--model", str(qwen2_vl_dir), "--requests", str(requests_file), "--out", str(out)],
+                  capsys, "cannot write output file")
+    assert line.startswith("ray-mm align: error: ") and not out.exists()
 
 
 def test_describe_validation_error_without_a_close_match_lists_the_valid_keys() -> None:

@@ -186,7 +186,8 @@ def test_side_by_side_with_merging_newlines(merging_dir: Path, media: Path) -> N
     """Two placeholders side by side, each expansion opening and closing with plain "\n\n": under a
     vocabulary with newline runs HF's "\n\n" + "\n\n" is one token, so the fast path must splice text."""
     line = {"request_id": "adj-nl", "prompt": f"<|im_start|>{IMG}{IMG}<|im_end|>", "images": ["a.jpg", "b.png"]}
-    cf.check_request(merging_dir, GEMMA3, line, media)
+    checked = cf.check_request(merging_dir, GEMMA3, line, media)
+    assert len(checked.record["items"]) == 2 and checked.record["path"] == "fast"
 
 
 # --------------------------------------------------------------------------- refusals
@@ -202,7 +203,8 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(mixed: cf.Chec
 
 
 def test_count_mismatches_both_ways_are_400s(mixed: cf.Checked) -> None:
-    cf.check_count_mismatches(mixed, (mixed.line["prompt"] + IMG, f"A{IMG}\nB{IMG}."))
+    messages = cf.check_count_mismatches(mixed, (mixed.line["prompt"] + IMG, f"A{IMG}\nB{IMG}."))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 # --------------------------------------------------------------------------- encoder

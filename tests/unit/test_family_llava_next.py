@@ -122,7 +122,8 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Ch
 
 def test_count_mismatches_both_ways_are_400s(several: cf.Checked) -> None:
     prompt = several.line["prompt"]
-    cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(IMG, "", 1)))
+    messages = cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(IMG, "", 1)))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(several: cf.Checked, media: Path) -> None:
@@ -130,4 +131,5 @@ def test_encoder_gives_one_row_per_feature_token(several: cf.Checked, media: Pat
     padded batch gives the same rows."""
     encoded = cf.check_encoder_rows(several.pre, several.line)
     ref = cf.oracle(several.pre.adapter.model_dir, LLAVA_NEXT, several.line["prompt"], several.line, media)
-    cf.check_whole_request_rows(encoded, {k: ref[k] for k in ("pixel_values", "image_sizes")})
+    rows = cf.check_whole_request_rows(encoded, {k: ref[k] for k in ("pixel_values", "image_sizes")})
+    assert rows == sum(i["num_tokens"] for i in several.record["items"])

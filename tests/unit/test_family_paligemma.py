@@ -97,7 +97,8 @@ def test_placeholders_side_by_side(model: Path, media: Path) -> None:
 def test_placeholders_side_by_side_as_expanded_ids(model: Path, media: Path) -> None:
     line = {"request_id": "adj", "prompt": f"{IMG}{IMG}caption en", "images": ["a.jpg", "b.png"]}
     checked = cf.check_request(model, PALIGEMMA, line, media)
-    cf.check_legacy_ids(checked, checked.hf_ids, "adj-legacy")
+    record = cf.check_legacy_ids(checked, checked.hf_ids, "adj-legacy")
+    assert record["ok"] and len(record["items"]) == 2
 
 
 # --------------------------------------------------------------------------- refusals
@@ -106,12 +107,14 @@ def test_placeholders_side_by_side_as_expanded_ids(model: Path, media: Path) -> 
 def test_corrupted_expansions_are_400s_that_say_what_was_expected(mixed: cf.Checked) -> None:
     # One image token too few, and one too many, in the first run. (``"text"`` damage does not apply:
     # the expansion has no text, the token after its run is the prompt's.)
-    cf.check_corruptions(mixed, ("short_run", "long_run"))
+    messages = cf.check_corruptions(mixed, ("short_run", "long_run"))
+    assert set(messages) == {"short_run", "long_run"}
 
 
 def test_count_mismatches_both_ways_are_400s(mixed: cf.Checked) -> None:
     # One placeholder too many, one too few, and none at all (the processor would guess: one per image, in front).
-    cf.check_count_mismatches(mixed, (mixed.line["prompt"] + f"\n{IMG}", f"A\n{IMG}\nB {IMG}.", "caption en"))
+    messages = cf.check_count_mismatches(mixed, (mixed.line["prompt"] + f"\n{IMG}", f"A\n{IMG}\nB {IMG}.", "caption en"))
+    assert len(messages) == 5  # each prompt, one placeholder too many as ids, one item too few
 
 
 # --------------------------------------------------------------------------- encoder
@@ -119,4 +122,5 @@ def test_count_mismatches_both_ways_are_400s(mixed: cf.Checked) -> None:
 
 def test_encoder_gives_one_row_per_image_token(mixed: cf.Checked) -> None:
     encoded = cf.check_encoder_rows(mixed.pre, mixed.line)
-    cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    rows = cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    assert rows == sum(i["num_tokens"] for i in mixed.record["items"])
