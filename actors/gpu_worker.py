@@ -31,6 +31,7 @@ import ray
 from actors import metrics
 from ray_mm.handoff.consumers import EngineConsumer, parse_consumer
 from ray_mm.handoff.staging import HostStaging
+from ray_mm.pool import holders_by_worker
 from ray_mm.pool.config import PoolConfig
 
 logger = logging.getLogger("ray_mm.actors.gpu_worker")
@@ -264,10 +265,8 @@ class GpuWorker:
         taken from the media worker that holds them (one ``take`` per worker), then read (one
         ``ray.get``). A worker that died or restarted since (its lists are gone with it), or a read
         that does not finish within the lease, sends the request back (``nack``)."""
-        holders = list(dict.fromkeys(holder for holder, _ in request.feature_refs))
-        by_worker: dict[str, list[Any]] = {}
-        for name, key in holders:
-            by_worker.setdefault(name, []).append(key)
+        by_worker = holders_by_worker(request.feature_refs)
+        holders = [(name, key) for name, keys in by_worker.items() for key in keys]
         try:
             taken = ray.get([self._media_worker(name).take.remote(keys) for name, keys in by_worker.items()],
                             timeout=self.cfg.lease_s)

@@ -14,7 +14,7 @@ import ray
 
 from actors import metrics
 from ray_mm.errors import InternalError
-from ray_mm.pool import Call, CrashCounts, InflightRequest, Ticket, build_ready, first_error
+from ray_mm.pool import Call, CrashCounts, InflightRequest, Ticket, build_ready, first_error, holders_by_worker
 
 logger = logging.getLogger("ray_mm.actors.coordinator")
 
@@ -34,7 +34,7 @@ class MediaCalls:
         if error is not None:
             raise error
         entry.stage = "align"
-        outcome = build_ready(self.pre, entry.request_id, entry.prepared, answers, self.media_tokens, time.perf_counter)
+        outcome = build_ready(self.pre, entry.request_id, entry.prepared, answers, self.media_tokens)
         self.counters["cache_hits"] += outcome.cache_hits
         self.counters["cache_misses"] += outcome.cache_misses
         metrics.cache_lookups(outcome.cache_hits, outcome.cache_misses)
@@ -164,8 +164,8 @@ class MediaCalls:
     async def _borrow(self, feature_refs: list[tuple[tuple[str, Any], int]]) -> list[tuple[Any, int]]:
         """``(ref, position)`` per item, the refs borrowed from the media workers that hold them (for a
         caller that reads the features after the request is finished here)."""
-        holders = list(dict.fromkeys(holder for holder, _ in feature_refs))
-        by_name = {name: self.workers[self.worker_names.index(name)] for name, _ in holders}
-        refs = await asyncio.gather(*(by_name[name].take.remote([key]) for name, key in holders))
-        found = {holder: ref[0] for holder, ref in zip(holders, refs)}
+        wanted = holders_by_worker(feature_refs)
+        handles = dict(zip(self.worker_names, self.workers))
+        taken = await asyncio.gather(*(handles[name].take.remote(keys) for name, keys in wanted.items()))
+        found = {(name, key): ref for (name, keys), refs in zip(wanted.items(), taken) for key, ref in zip(keys, refs)}
         return [(found[holder], pos) for holder, pos in feature_refs]

@@ -11,11 +11,11 @@ without a cluster. Nothing here imports Ray (``import ray_mm.pool`` stays Ray-fr
 from .calls import Call, CallPlanner, HeldFeatures, Ticket
 from .config import PoolConfig, load_pool_config
 from .queues import Deadlines, FeatureSlots, ReadyQueue
-from .requests import InflightRequest, ReadyOutcome, ReadyRequest, build_ready, first_error
+from .requests import InflightRequest, ReadyOutcome, ReadyRequest, build_ready, first_error, holders_by_worker
 from .scheduling import CrashCounts, LeaseTable, WorkerSelector, content_key
 from .shards import merge_stats, shard_config, shard_names, shard_of, split_by_shard
 
-__all__ = ["Call", "CallPlanner", "CrashCounts", "Deadlines", "FeatureSlots", "HeldFeatures", "InflightRequest", "LeaseTable",
-           "PoolConfig", "ReadyOutcome", "ReadyQueue", "ReadyRequest", "Ticket", "WorkerSelector", "build_ready",
-           "content_key", "first_error", "load_pool_config", "merge_stats", "shard_config", "shard_names", "shard_of",
-           "split_by_shard"]
+__all__ = ["Call", "CallPlanner", "CrashCounts", "Deadlines", "FeatureSlots", "HeldFeatures", "InflightRequest",
+           "LeaseTable", "PoolConfig", "ReadyOutcome", "ReadyQueue", "ReadyRequest", "Ticket", "WorkerSelector",
+           "build_ready", "content_key", "first_error", "holders_by_worker", "load_pool_config", "merge_stats",
+           "shard_config", "shard_names", "shard_of", "split_by_shard"]

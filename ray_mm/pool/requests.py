@@ -7,6 +7,7 @@ workers take them, the coordinator only passes the holder along.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,17 +58,27 @@ class ReadyOutcome:
     items_per_node: dict[str, int]
 
 
+def holders_by_worker(feature_refs: Iterable[tuple[Any, int]]) -> dict[str, list[Any]]:
+    """The keys to ``take`` from each media worker (by name) for these ``((worker, key), position)`` items,
+    each key once, in first-seen order."""
+    out: dict[str, list[Any]] = {}
+    for (name, key), _ in feature_refs:
+        keys = out.setdefault(name, [])
+        if key not in keys:
+            keys.append(key)
+    return out
+
+
 def first_error(metas: Iterable[dict[str, Any]]) -> Exception | None:
     """The first spec's error (bad media, a worker fault), in prompt order, or None."""
     return next((m["error"] for m in metas if "error" in m), None)
 
 
 def build_ready(pre: Any, request_id: str, prepared: Prepared, answers: list[Answer],
-                media_tokens: frozenset[int], align_s_of: Any) -> ReadyOutcome:
+                media_tokens: frozenset[int]) -> ReadyOutcome:
     """Align ``answers`` (per spec, in spec order) and build the ready request.
 
-    ``pre`` is the ``Preprocessor``; ``align_s_of`` times a call (``perf_counter`` pairs), so the
-    record's ``align_s`` is the alignment alone. Stage timings are summed over items; the
+    ``pre`` is the ``Preprocessor``; the record's ``align_s`` is the alignment alone. Stage timings are summed over items; the
     placeholder count comes from the ids, not the items, so the GPU-side check is independent of
     alignment.
     """
@@ -78,9 +89,9 @@ def build_ready(pre: Any, request_id: str, prepared: Prepared, answers: list[Ans
     for meta, feat_ref, start in answers:
         for k, item in enumerate(meta["items"]):
             location[id(item)] = (feat_ref, start + k)
-    t0 = align_s_of()
+    t0 = time.perf_counter()
     alignment = pre.align_request(prepared, per_spec)
-    align_s = align_s_of() - t0
+    align_s = time.perf_counter() - t0
     timings = dict(prepared.timings, align_s=align_s)
     items = [m for ms in per_spec for m in ms]
     for stage in ("fetch_s", "decode_s", "process_s"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ray_mm.pool import CallPlanner, HeldFeatures, Ticket, WorkerSelector
+from ray_mm.pool import CallPlanner, HeldFeatures, Ticket, WorkerSelector, holders_by_worker
 
 
 @dataclass
@@ -145,3 +145,8 @@ def test_held_feature_lists_are_dropped_when_their_last_request_finishes() -> No
     assert held.take_drops(0) == ["shared"] and held.take_drops(1) == ["alone"]
     held.release(1, "alone")  # a second release of a dropped key changes nothing
     assert held.take_drops(1) == [] and len(held) == 0
+
+
+def test_holders_are_grouped_per_worker_once_each() -> None:
+    refs = [(("w0", "k1"), 0), (("w1", "k2"), 0), (("w0", "k1"), 3), (("w0", "k3"), 1)]
+    assert holders_by_worker(refs) == {"w0": ["k1", "k3"], "w1": ["k2"]}
