@@ -2,7 +2,7 @@
 
 Order: the local cluster starts (in the main thread) while a thread writes the media and the model
 and imports what the Ray phases need (nothing is measured then); on that one cluster the
-object-store micro, Ray Data, the pools (the paced pool on the warm closed-loop pool), the paced
+object-store micro, Ray Data, the pools (each transport's paced phase on its warm closed-loop pool), the paced
 Ray Data forms and the coordinator-shard hook; then, the cluster down and its processes gone, the
 in-process pipelines (``sglang_style``, ``sglang_style_hand``), closed loop and paced, with no Ray
 up. Ray is imported only inside functions. Each phase's wall time goes to ``phase_s``.
@@ -208,7 +208,14 @@ def run_pipelines(work: Path, quick: bool, n_image: int, n_video: int, n_audio: 
                 if audio:
                     out["audio"]["pool"] = guarded(lambda: run_pool(audio, 2, "pool").summary(), log)
                 clock.phase("pool_uint8", "pool (2 workers, uint8 transport) ...")
-                out["pipelines"]["pool_uint8"] = guarded(lambda: run_pool(vision_u8, 2, "pool_uint8").summary(), log)
+
+                def paced_on_uint8_pool(pool: Any, _: float) -> None:
+                    if plan is not None:  # the same schedule, on the default transport's warm pool
+                        clock.phase("paced_pool_uint8", "paced: pool (2 workers, uint8 transport) ...")
+                        out["paced"]["pipelines"]["pool_uint8"] = guarded(lambda: paced_pool(pool, plan, 2), log)
+
+                out["pipelines"]["pool_uint8"] = guarded(
+                    lambda: run_pool(vision_u8, 2, "pool_uint8", after=paced_on_uint8_pool).summary(), log)
                 clock.phase("pool_1worker", "pool (1 worker, float32 transport) ...")
                 out["pipelines"]["pool_1worker"] = run_pool(vision, 1, "pool_1worker").summary()
                 if plan is not None:

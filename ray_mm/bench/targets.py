@@ -48,33 +48,50 @@ def overhead_targets(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _best_transport(ratios: dict[str, float]) -> tuple[float, str]:
+    """The lowest finite ratio and its transport; NaN and "none" when no transport was measured."""
+    finite = {t: v for t, v in ratios.items() if math.isfinite(v)}
+    if not finite:
+        return math.nan, "none"
+    best = min(finite, key=finite.__getitem__)
+    return finite[best], best
+
+
 def p50_targets(result: dict[str, Any]) -> dict[str, Any]:
     """Pool p50 at a paced rate against fair forms: the in-process pipeline on the same pixel path
     (<= 1.5x) and Ray Data's best online form (<= 0.5x: the lower p50 of one dataset per request and
-    the warm streaming pipeline); the windowed Ray Data figure and the closed-loop ratio stay beside them."""
+    the warm streaming pipeline); the windowed Ray Data figure and the closed-loop ratio stay beside them.
+    Each paced pool (one per transport, as in :data:`TRANSPORTS`) is judged and the entry names the
+    transport with the best figure, the others beside it, as for the overhead targets."""
     pl = result["pipelines"]
     closed = target(0.2, _ratio(_num(pl["pool"], "p50_ms"), _num(pl["ray_data"], "p50_ms")), higher_is_better=False,
                     unit="x p50 (closed loop: all requests at t0)", basis="closed_loop")
     out: dict[str, Any] = {"pool_vs_ray_data_p50_closed_loop": closed}
     paced = result.get("paced", {})
     pp = paced.get("pipelines", {})
-    pool = _num(pp.get("pool", {}), "p50_ms")
-    if not math.isfinite(pool):  # paced phase skipped or failed: say so, and fall back to the closed-loop ratio
+    pools = {t: _num(pp.get(name, {}), "p50_ms") for name, t in TRANSPORTS.items()}
+    if not any(map(math.isfinite, pools.values())):  # paced phase skipped or failed: say so, fall back to closed loop
         out["pool_vs_ray_data_p50"] = {**closed, "basis": "closed_loop (paced phase not run or failed)"}
         return out
     more = {"basis": "paced", "rate_per_s": round(paced["rate_per_s"], 4)}
+
+    def judged(goal: float, base: float, unit: str, **extra: Any) -> dict[str, Any]:
+        ratios = {t: _ratio(p50, base) for t, p50 in pools.items()}
+        best, transport = _best_transport(ratios)
+        return target(goal, best, higher_is_better=False, transport=transport,
+                      by_transport={t: round(v, 4) for t, v in ratios.items()}, unit=unit, **extra, **more)
+
     window = paced.get("ray_data_window_s", 1.0)
-    out["pool_vs_ray_data_p50"] = target(0.2, _ratio(pool, _num(pp.get("ray_data", {}), "p50_ms")), higher_is_better=False,
-                                         unit=f"x p50 (paced, Ray Data in {window:g} s windows)", ray_data_window_s=window, **more)
+    out["pool_vs_ray_data_p50"] = judged(0.2, _num(pp.get("ray_data", {}), "p50_ms"),
+                                         f"x p50 (paced, Ray Data in {window:g} s windows)", ray_data_window_s=window)
     online = {name: _num(pp.get(name, {}), "p50_ms") for name in ("ray_data_per_request", "ray_data_stream")}
     finite = {k: v for k, v in online.items() if math.isfinite(v)}
-    best = min(finite, key=finite.__getitem__) if finite else "none"
-    out["pool_vs_ray_data_per_request_p50_paced"] = target(
-        0.5, _ratio(pool, finite.get(best, math.nan)), higher_is_better=False, form=best,
-        unit="x p50 (paced, Ray Data's best online form: one dataset per request or the warm stream)", **more)
-    out["pool_vs_sglang_hand_p50_paced"] = target(
-        1.5, _ratio(pool, _num(pp.get("sglang_style_hand", {}), "p50_ms")), higher_is_better=False,
-        unit="x p50 (paced, in-process pipeline on the same pixel path)", **more)
+    form = min(finite, key=finite.__getitem__) if finite else "none"
+    out["pool_vs_ray_data_per_request_p50_paced"] = judged(
+        0.5, finite.get(form, math.nan),
+        "x p50 (paced, Ray Data's best online form: one dataset per request or the warm stream)", form=form)
+    out["pool_vs_sglang_hand_p50_paced"] = judged(
+        1.5, _num(pp.get("sglang_style_hand", {}), "p50_ms"), "x p50 (paced, in-process pipeline on the same pixel path)")
     return out
 
 

@@ -37,7 +37,7 @@ TARGETS = (
     "coordinator_cpu_ms_per_request_4img",
     "coordinator_shards_k2_over_k1",  # --quick runs the shard hook too (24 requests)
 )
-PACED = ("pool", "ray_data", "ray_data_per_request", "sglang_style", "sglang_style_hand")
+PACED = ("pool", "pool_uint8", "ray_data", "ray_data_per_request", "sglang_style", "sglang_style_hand")
 PACED_MS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms")
 
 
@@ -120,6 +120,8 @@ def test_fair_baselines_and_overheads_are_labelled(report: dict) -> None:
         assert targets[name]["transport"] in ("float32", "uint8"), f"targets.{name}: no transport"
         assert set(targets[name]["by_transport"]) == {"float32", "uint8"}
     assert targets["pool_vs_ray_data_per_request_p50_paced"]["form"] == "ray_data_per_request"  # --quick: no stream form
+    for name in ("pool_vs_sglang_hand_p50_paced", "pool_vs_ray_data_per_request_p50_paced"):  # one paced pool per transport
+        assert set(targets[name]["by_transport"]) == {"float32", "uint8"}, f"targets.{name}"
     shards = report["scaling"]["coordinator_shards"]
     assert {"k1_req_per_s", "k2_req_per_s", "k2_over_k1"} <= set(shards), shards
 

@@ -178,6 +178,27 @@ def test_p50_target_uses_the_paced_phase_and_keeps_the_closed_loop_ratio() -> No
     assert "ray_data" in text and "failed: boom" in text
 
 
+def test_p50_targets_judge_each_transport_and_name_the_best() -> None:
+    """The paced pool runs once per transport; each target names the transport with the lower p50
+    and keeps the other beside it (a uint8 pool at 90 ms against the float32 pool at 150 ms)."""
+    from ray_mm.bench.targets import p50_targets as _p50_targets
+
+    paced = {"rate_per_s": 4.0, "ray_data_window_s": 1.0,
+             "pipelines": {"pool": {"p50_ms": 150.0}, "pool_uint8": {"p50_ms": 90.0},
+                           "ray_data": {"p50_ms": 1000.0}, "ray_data_per_request": {"p50_ms": 300.0},
+                           "sglang_style_hand": {"p50_ms": 60.0}}}
+    t = _p50_targets(_result(paced))
+    hand = t["pool_vs_sglang_hand_p50_paced"]
+    assert hand["transport"] == "uint8" and hand["measured"] == pytest.approx(1.5) and hand["met"] is True
+    assert hand["by_transport"] == {"float32": pytest.approx(2.5), "uint8": pytest.approx(1.5)}
+    online = t["pool_vs_ray_data_per_request_p50_paced"]
+    assert online["transport"] == "uint8" and online["measured"] == pytest.approx(0.3) and online["form"] == "ray_data_per_request"
+    # Only the float32 pool paced (the uint8 phase failed): it is judged alone, and says so.
+    paced["pipelines"]["pool_uint8"] = {"error": "boom"}
+    hand = _p50_targets(_result(paced))["pool_vs_sglang_hand_p50_paced"]
+    assert hand["transport"] == "float32" and hand["measured"] == pytest.approx(2.5) and hand["met"] is False
+
+
 def test_p50_target_falls_back_to_closed_loop_without_a_paced_phase() -> None:
     from ray_mm.bench.targets import p50_targets as _p50_targets
 
