@@ -16,6 +16,7 @@ from .micro_media import make_bench_model
 from .paced import PacedOptions
 from .phases import PhaseClock, run_pipelines
 from .report import format_table, json_default
+from .scale_model import scale_model
 from .targets import compute_targets
 
 
@@ -86,6 +87,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if quick:  # every target of the full run, from the --quick run's smaller samples
             for t in result["targets"].values():
                 t["quick"] = True
+        result["scale_model"] = scale_model(result)
     result["bench_wall_s"] = time.perf_counter() - t0
     result["phase_s"] = {name: round(s, 2) for name, s in clock.times.items()}
     if args.json:

@@ -16,6 +16,8 @@ from .paced import PACED_TIMEOUT_S, PacedPlan, paced_result
 from .stats import RunResult
 from .workload import Workload, rename
 
+GPU_IDLE_S = 0.5  # the GPU worker's idle-rate window after a pool's run
+
 
 def run_pool(
     w: Workload, workers: int, name: str, coord_lines: list[tuple[str, Any]] | None = None, idle_s: float = 2.0,
@@ -36,10 +38,10 @@ def run_pool(
     with Pool(w.model_dir, w.core, cfg, w.adapter) as pool:
         for _ in pool.run(rename(w.lines[: 2 * workers], "warm-")):
             pass
-        coord_pid = find_pid("ray::Coordinator")
+        coord_pid, gpu_pid = find_pid("ray::Coordinator"), find_pid("ray::GpuWorker")
         stats0 = pool.stats()
         cpu = TreeCpu()
-        c0, k0 = cpu.sample(), proc_cpu(coord_pid)
+        c0, k0, g0 = cpu.sample(), proc_cpu(coord_pid), proc_cpu(gpu_pid)
         t0 = time.perf_counter()
         records, latencies = [], []
         for rec in pool.run(w.lines):
@@ -49,6 +51,7 @@ def run_pool(
         delta = TreeCpu.delta(c0, cpu.sample())
         stats1 = pool.stats()
         coord_proc_s = proc_cpu(coord_pid) - k0
+        gpu_proc_s = proc_cpu(gpu_pid) - g0
         extra: dict[str, Any] = {
             "workers": workers,
             "coordinator_cpu_ms_per_request": coord_proc_s / len(records) * 1e3,
@@ -59,6 +62,13 @@ def run_pool(
                                          - sum(g["bytes_in"] for g in stats0["gpu_workers"])) / max(len(records), 1),
             "items_per_node": stats1.get("items_per_node", {}),
         }
+        # The GPU worker's side of a request (pull, take, read, ack; noop consumer), for the scale
+        # model's GPU-pull ceiling: its process CPU over the run minus its idle rate (pull polls).
+        g_idle0, gi_t0 = proc_cpu(gpu_pid), time.perf_counter()
+        time.sleep(GPU_IDLE_S)
+        gpu_idle_rate = (proc_cpu(gpu_pid) - g_idle0) / (time.perf_counter() - gi_t0)
+        gpu_busy = (gpu_proc_s - gpu_idle_rate * wall) / max(len(records), 1) * 1e3
+        extra["gpu_worker_cpu_ms_per_request"] = gpu_busy if gpu_busy > 0 else float("nan")
         if coord_lines:
             # Coordinator CPU per request at exactly 4 images per request (the target's shape).
             s0, k0, c_t0 = pool.stats(), proc_cpu(coord_pid), time.perf_counter()

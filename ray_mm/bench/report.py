@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .scale_model import format_scale_model
+
 
 def format_paced(paced: dict[str, Any] | None) -> list[str]:
     if not paced:
@@ -70,6 +72,8 @@ def format_table(result: dict[str, Any]) -> str:
         how = ", ".join(f"{k} {t[k]}" for k in ("transport", "form") if k in t)
         lines.append(f"{name:<40}{t['target']:>9g}{t['measured']:>10.3f}  {'yes' if t['met'] else 'NOT MET'}"
                      + (f"  ({how})" if how else ""))
+    if "scale_model" in result:
+        lines.extend(format_scale_model(result["scale_model"]))
     if result.get("phase_s"):
         lines.append("phase wall s: " + ", ".join(f"{k} {v:.1f}" for k, v in result["phase_s"].items()))
     return "\n".join(lines)

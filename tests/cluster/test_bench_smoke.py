@@ -135,3 +135,18 @@ def test_quick_is_labelled_and_timed(report: dict) -> None:
                  "sglang_style", "sglang_style_hand", "micro"):
         _positive(phases.get(name), f"phase_s.{name}")
     _positive(report.get("bench_wall_s"), "bench_wall_s")
+
+
+def test_scale_model_projects_from_this_run(report: dict) -> None:
+    """The scale model's inputs are this run's figures (uint8 pool, float32 pool's coordinator phase)."""
+    model = report["scale_model"]
+    inputs, uint8 = model["inputs"], report["pipelines"]["pool_uint8"]
+    assert inputs["from"] == "pool_uint8"
+    assert inputs["bytes_per_request"] == uint8["gpu_bytes_in_per_request"] > 0
+    assert inputs["coordinator_ms_per_request"] == report["pipelines"]["pool"]["coordinator_4img_cpu_ms_per_request"]
+    assert "gpu_worker_cpu_ms_per_request" in uint8
+    rows = model["projections"]
+    assert [r["n_cpu_nodes"] for r in rows] == [1, 4, 16, 64]
+    medias = [r["ceilings"]["media"] for r in rows]
+    assert medias[0] > 0 and medias[1] == pytest.approx(4 * medias[0], rel=1e-3)
+    assert all(r["first_ceiling"] in ("media", "coordinator", "network", "gpu_pull") for r in rows)

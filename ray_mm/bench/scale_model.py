@@ -1,0 +1,116 @@
+"""The scale model: projected requests/s of N CPU nodes x C cores from one bench run's per-unit figures.
+
+A projection, not a measurement at scale. Each ceiling comes from a figure the same ``ray-mm bench``
+run measured on its 2 cores:
+
+- **media**: ``N x C / media CPU s per request`` (the pool's whole CPU per item, every process of the
+  cluster included, times the items per request: conservative, the coordinator and GPU worker's
+  share is counted again in their own ceilings);
+- **coordinator**: ``K x 1000 / coordinator ms per request`` (process CPU minus idle; K shards);
+- **network**: ``G x NIC bytes/s / bytes per request`` into G GPU nodes;
+- **GPU pull**: ``G x GPUs per node x 1000 / GPU worker ms per request`` (one GPU worker per GPU);
+- **GCS**: not on a request's path (actors are looked up by name once; objects are owned by the
+  workers that put them), so not a ceiling here, and not measured.
+
+The pool's projected rate is the smallest ceiling; the first ceiling names it. The in-process pipeline
+(one process, as SGLang runs it) stays at its measured rate on this machine, beside the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ScaleInputs:
+    """Per-unit figures (one bench run) and the cluster shape they are projected onto."""
+
+    media_cpu_s_per_request: float
+    coordinator_ms_per_request: float
+    bytes_per_request: float
+    gpu_worker_ms_per_request: float
+    cores_per_node: int = 16
+    nic_gbit_per_gpu_node: float = 200.0
+    gpus_per_gpu_node: int = 8
+
+    def ceilings(self, n_cpu_nodes: int, coordinators: int = 1, gpu_nodes: int = 1) -> dict[str, float]:
+        """requests/s each part of the cluster allows (NaN where its figure was not measured)."""
+        return {
+            "media": _per(n_cpu_nodes * self.cores_per_node, self.media_cpu_s_per_request),
+            "coordinator": _per(coordinators * 1000.0, self.coordinator_ms_per_request),
+            "network": _per(gpu_nodes * self.nic_gbit_per_gpu_node * 1e9 / 8, self.bytes_per_request),
+            "gpu_pull": _per(gpu_nodes * self.gpus_per_gpu_node * 1000.0, self.gpu_worker_ms_per_request),
+        }
+
+
+def _per(capacity: float, cost: float) -> float:
+    return capacity / cost if math.isfinite(cost) and cost > 0 else math.nan
+
+
+def project(inputs: ScaleInputs, n_cpu_nodes: int, coordinators: int = 1, gpu_nodes: int = 1) -> dict[str, Any]:
+    """The projected rate (the smallest measured ceiling) and which ceiling binds first."""
+    ceilings = inputs.ceilings(n_cpu_nodes, coordinators, gpu_nodes)
+    known = {k: v for k, v in ceilings.items() if math.isfinite(v)}
+    first = min(known, key=known.__getitem__) if known else "none"
+    return {"n_cpu_nodes": n_cpu_nodes, "coordinators": coordinators, "gpu_nodes": gpu_nodes,
+            "ceilings": {k: round(v, 1) for k, v in ceilings.items()},
+            "requests_per_s": round(known[first], 1) if known else math.nan, "first_ceiling": first}
+
+
+def needed(inputs: ScaleInputs, n_cpu_nodes: int) -> dict[str, int | None]:
+    """Coordinator shards and GPU nodes needed so that the media ceiling of N CPU nodes binds first."""
+    one = inputs.ceilings(n_cpu_nodes, 1, 1)
+    media = one["media"]
+
+    def count(per_unit: float) -> int | None:
+        return math.ceil(media / per_unit) if math.isfinite(media) and math.isfinite(per_unit) and per_unit > 0 else None
+
+    gpu_side = [v for v in (one["network"], one["gpu_pull"]) if math.isfinite(v)]
+    return {"coordinators": count(one["coordinator"]), "gpu_nodes": count(min(gpu_side)) if gpu_side else None}
+
+
+def scale_model(result: dict[str, Any], nodes: tuple[int, ...] = (1, 4, 16, 64), **shape: Any) -> dict[str, Any]:
+    """The model from a bench result: inputs from the default (uint8) pool where it ran, the coordinator
+    from the float32 pool's 4-image phase (the one the target measures), and the projections."""
+    p = result.get("pipelines", {})
+    pool = p.get("pool_uint8") if "requests_per_s" in p.get("pool_uint8", {}) else p.get("pool", {})
+    items_per_request = pool.get("items", 0) / pool["requests"] if pool.get("requests") else math.nan
+    coordinator = p.get("pool", {}).get("coordinator_4img_cpu_ms_per_request", math.nan)
+    inputs = ScaleInputs(
+        media_cpu_s_per_request=pool.get("cpu_s_per_item", math.nan) * items_per_request,
+        coordinator_ms_per_request=coordinator,
+        bytes_per_request=pool.get("gpu_bytes_in_per_request", math.nan),
+        gpu_worker_ms_per_request=pool.get("gpu_worker_cpu_ms_per_request", math.nan),
+        **shape,
+    )
+    in_process = {k: p[k]["requests_per_s"] for k in ("sglang_style", "sglang_style_hand") if "requests_per_s" in p.get(k, {})}
+    return {
+        "inputs": {**inputs.__dict__, "from": "pool_uint8" if pool is p.get("pool_uint8") else "pool",
+                   "items_per_request": items_per_request},
+        "projections": [project(inputs, n) for n in nodes],
+        "needed": {str(n): needed(inputs, n) for n in nodes},
+        "in_process_requests_per_s_here": in_process,
+        "note": "projection from one run's per-unit figures on 2 cores; GCS not on the request path, not modelled",
+    }
+
+
+def format_scale_model(model: dict[str, Any]) -> list[str]:
+    """The model as report lines (a markdown table, pasted into BENCHMARKS.md as is)."""
+    i = model["inputs"]
+    lines = [f"== scale model (projection, {i['cores_per_node']}-core CPU nodes; one GPU node of "
+             f"{i['gpus_per_gpu_node']} GPUs, {i['nic_gbit_per_gpu_node']:g} Gbit/s; K=1 coordinator)",
+             f"inputs ({i['from']}): media {i['media_cpu_s_per_request'] * 1e3:.1f} CPU ms/request, coordinator "
+             f"{i['coordinator_ms_per_request']:.2f} ms/request, {i['bytes_per_request'] / 1e6:.2f} MB/request, "
+             f"GPU worker {i['gpu_worker_ms_per_request']:.2f} ms/request",
+             "| N CPU nodes | media | coordinator | network | GPU pull | projected req/s | first ceiling | K, GPU nodes for media |",
+             "|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in model["projections"]:
+        c, need = row["ceilings"], model["needed"][str(row["n_cpu_nodes"])]
+        lines.append(f"| {row['n_cpu_nodes']} | {c['media']:.0f} | {c['coordinator']:.0f} | {c['network']:.0f} | "
+                     f"{c['gpu_pull']:.0f} | {row['requests_per_s']:.0f} | {row['first_ceiling']} | "
+                     f"{need['coordinators']}, {need['gpu_nodes']} |")
+    here = ", ".join(f"{k} {v:.1f}" for k, v in model["in_process_requests_per_s_here"].items())
+    lines.append(f"in-process, one process, measured here (2 cores): {here or 'not run'} req/s")
+    return lines
