@@ -65,13 +65,15 @@ class PoolConfig(BaseModel):
         description="Items of decode work queued on one media worker at once (items waiting on a slow fetch are not "
         "counted). More room lets more requests' items share a call (less coordinator CPU for cheap items: "
         "cache hits, tiny images) but assigns work early, which unbalances the workers on mixed media "
-        "(BENCHMARKS.md, Session 6: 16 cost the bench's mixed workload a third of its throughput).",
+        "(BENCHMARKS.md, Session 6: 16 cost the bench's mixed workload a third of its throughput). Per "
+        "coordinator shard: with K shards a worker may hold K times this many (ray_mm.pool.shards).",
     )
     max_calls_per_worker: int = Field(
         default=2, ge=1,
         description="Media calls in flight to one worker. An item goes out at once while its worker has fewer; "
         "otherwise it waits and shares the worker's next call with the items of other requests "
-        "(ray_mm.pool.calls): Ray's per-call cost on the coordinator is then paid per call, not per request.",
+        "(ray_mm.pool.calls): Ray's per-call cost on the coordinator is then paid per call, not per request. "
+        "Per coordinator shard, like max_inflight_per_worker.",
     )
     max_items_per_call: int = Field(default=64, ge=1, description="Media items one media call carries at most.")
     max_fetches_per_worker: int = Field(

@@ -49,9 +49,13 @@ def shard_config(cfg: PoolConfig) -> PoolConfig:
     """One shard's configuration: the pool's totals divided among ``cfg.coordinators`` shards.
 
     Divided (rounded up, at least 1): the admission limit, the ready queue, the feature slots
-    (the object-store bound), and each media worker's decode, parked-fetch and call slots (every
-    shard places work on every worker; with fewer calls in flight each, a shard's items wait a
-    little longer and share calls, as one coordinator's do). The same config for K=1.
+    (the object-store bound) and each media worker's parked-fetch slots. Not divided: the items
+    and calls a shard may have in flight on one worker (``max_inflight_per_worker``,
+    ``max_calls_per_worker``). Divided, they halved the items each media call carries at K=2
+    (2 against 4) and with them each shard's capacity: K=2 gave 0.66x the requests/s of K=1 and
+    1.09x its coordinator capacity; kept whole, 0.92x and 1.52x (BENCHMARKS.md, "Session 7").
+    A worker may then hold up to K x ``max_inflight_per_worker`` items of the shards together.
+    The same config for K=1.
     """
     k = cfg.coordinators
     if k <= 1:
@@ -60,9 +64,7 @@ def shard_config(cfg: PoolConfig) -> PoolConfig:
         "max_inflight_requests": _share(cfg.max_inflight_requests, k),
         "ready_queue_size": _share(cfg.ready_queue_size, k),
         "max_feature_requests": _share(cfg.feature_request_limit(), k),
-        "max_inflight_per_worker": _share(cfg.max_inflight_per_worker, k),
         "max_fetches_per_worker": _share(cfg.max_fetches_per_worker, k),
-        "max_calls_per_worker": _share(cfg.max_calls_per_worker, k),
     })
 
 

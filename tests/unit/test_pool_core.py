@@ -51,13 +51,15 @@ def test_shard_config_divides_the_totals() -> None:
                      max_fetches_per_worker=16, cpu_workers=2, gpu_workers=1, pull_batch_size=4)
     one = shard_config(cfg)
     assert one.max_inflight_requests == 33 and one.ready_queue_size == 8
-    assert one.max_inflight_per_worker == 2 and one.max_fetches_per_worker == 8
-    assert one.max_calls_per_worker == 1  # the default 2 calls per worker, shared by the two shards
+    assert one.max_fetches_per_worker == 8
+    # Each shard keeps a worker's whole item and call caps: its calls carry as many items as one
+    # coordinator's would (divided, K=2 halved the items per call and each shard's capacity).
+    assert one.max_inflight_per_worker == 4 and one.max_calls_per_worker == PoolConfig().max_calls_per_worker
     assert one.feature_request_limit() == (16 + 4 + 8) // 2
     assert one.coordinators == 2
     assert shard_config(PoolConfig()) == PoolConfig()  # one shard: unchanged
-    tiny = shard_config(PoolConfig(coordinators=4, max_inflight_per_worker=1))
-    assert tiny.max_inflight_per_worker == 1  # never below one
+    tiny = shard_config(PoolConfig(coordinators=4, max_fetches_per_worker=1))
+    assert tiny.max_fetches_per_worker == 1  # never below one
 
 
 def test_merge_stats_sums_shards() -> None:
