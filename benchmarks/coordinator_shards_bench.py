@@ -30,7 +30,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from actors.local_cluster import start_local_cluster  # noqa: E402
 from actors.pool import Pool  # noqa: E402
-from ray_mm.bench.cpu import TreeCpu, descendants, proc_cpu  # noqa: E402
+from ray_mm.bench.cpu import descendants, proc_cpu  # noqa: E402
+from ray_mm.bench.shards import accounted_run, summarize  # noqa: E402
 from ray_mm.config import RayMMConfig  # noqa: E402
 from ray_mm.media.synth import make_image  # noqa: E402
 from ray_mm.models import make_model  # noqa: E402
@@ -41,15 +42,6 @@ IMAGES_PER_REQUEST = 4
 
 
 # --------------------------------------------------------------------------- process CPU (ray_mm.bench.cpu)
-
-def tree_cpu() -> dict[int, tuple[str, float]]:
-    """pid -> (kind, CPU s) of this process and its descendants; kind: driver, ray_workers, ray_system."""
-    return TreeCpu().sample()
-
-
-def tree_delta(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
-    return TreeCpu.delta(before, after)
-
 
 def coordinator_pids() -> list[int]:
     return sorted(pid for pid, cmd, _ in descendants(os.getpid()) if cmd.startswith("ray::Coordinator"))
@@ -75,48 +67,7 @@ def measure(model: str, k: int, n: int, warm: int, idle_s: float, workers: int, 
     with Pool(model, RayMMConfig(), cfg) as pool:
         for _ in pool.run(make_lines(warm, f"warm-k{k}-")):
             pass
-        s0 = pool.stats()
-        pids = [s["pid"] for s in s0["shards"]]
-        sub0 = [s["counters"].get("submitted", 0) for s in s0["shards"]]
-        own0 = [s["coordinator_cpu_s"] for s in s0["shards"]]
-        lines = make_lines(n, f"k{k}-")
-        tree0, coord0 = tree_cpu(), [proc_cpu(p) for p in pids]
-        t0 = time.perf_counter()
-        records = list(pool.run(lines))
-        wall = time.perf_counter() - t0
-        tree1, coord1 = tree_cpu(), [proc_cpu(p) for p in pids]
-        s1 = pool.stats()
-        # Each coordinator's fixed cost while the pool is up and idle (GPU worker pulls, the
-        # driver's result polls, Ray's own threads), taken out of its per-request figure.
-        i0, ti = [proc_cpu(p) for p in pids], time.perf_counter()
-        time.sleep(idle_s)
-        idle_wall = time.perf_counter() - ti
-        idle = [(proc_cpu(p) - c) / idle_wall for p, c in zip(pids, i0)]
-    ok = sum(1 for r in records if r.get("ok"))
-    cpu = tree_delta(tree0, tree1)
-    shards = []
-    for j, shard in enumerate(s1["shards"]):
-        handled = shard["counters"].get("submitted", 0) - sub0[j]
-        proc = coord1[j] - coord0[j]
-        busy = proc - idle[j] * wall
-        ms = busy / handled * 1e3 if handled and busy > 0 else float("nan")
-        shards.append({
-            "shard": j, "pid": pids[j], "requests": handled,
-            "process_cpu_s": round(proc, 3),
-            "idle_cpu_ms_per_s": round(idle[j] * 1e3, 1),
-            "busy_cpu_ms_per_request": round(ms, 3),
-            "own_code_cpu_ms_per_request": round((shard["coordinator_cpu_s"] - own0[j]) / max(handled, 1) * 1e3, 3),
-            "capacity_req_per_s": round(1000 / ms, 1) if ms == ms and ms > 0 else None,
-            "busy_share_of_wall": round(busy / wall, 3),
-            "items_per_media_call": shard.get("items_per_call"),  # over the shard's life (warm-up included)
-        })
-    return {
-        "coordinators": k, "requests": n, "ok": ok, "wall_s": round(wall, 3), "req_per_s": round(n / wall, 2),
-        "cpu_s": {key: round(v, 3) for key, v in cpu.items()},
-        "cores_busy": round(cpu["total"] / wall, 3),
-        "cores": os.cpu_count(),
-        "shards": shards,
-    }
+        return accounted_run(pool, make_lines(n, f"k{k}-"), idle_s)
 
 
 def idle_cpu(model: str, k: int, idle_s: float, settle_s: float = 3.0, **settings: Any) -> dict[str, Any]:
@@ -176,19 +127,10 @@ def main() -> None:
                     runs[k].append(measure(model, k, args.requests, args.warm, args.idle_s, args.workers, args.per_shard_pull))
         finally:
             cluster.shutdown()
-    best = {k: max(rs, key=lambda r: r["req_per_s"]) for k, rs in runs.items()}
-    k1, k2 = best[1]["req_per_s"], best[2]["req_per_s"]
     out = {
         "workload": f"{IMAGES_PER_REQUEST} x 48x40 JPEG data: URIs per request, 8 distinct (media cache on), consumer noop, "
                     f"{args.workers} media workers, 1 GPU worker (simulated), local cluster on 127.0.0.1",
-        "k1_req_per_s": k1, "k2_req_per_s": k2, "k2_over_k1": round(k2 / k1, 3),
-        "per_coordinator_cpu_ms_per_request": {f"k{k}": [s["busy_cpu_ms_per_request"] for s in best[k]["shards"]] for k in best},
-        "capacity_per_coordinator_req_per_s": {f"k{k}": [s["capacity_req_per_s"] for s in best[k]["shards"]] for k in best},
-        # What the coordinators could feed if they, not the machine, were the limit: the sum of their capacities.
-        "coordinator_capacity_total_req_per_s": {f"k{k}": round(sum(s["capacity_req_per_s"] or 0 for s in best[k]["shards"]), 1)
-                                                  for k in best},
-        "cores_busy": {f"k{k}": best[k]["cores_busy"] for k in best},
-        "runs": {f"k{k}": rs for k, rs in runs.items()},
+        **summarize(runs),
     }
     print(f"{'K':>2} {'req/s':>8} {'cores busy':>11} {'driver':>7} {'workers':>8} {'ray sys':>8}   per coordinator: "
           "busy CPU ms/req, own code ms/req, capacity req/s, idle ms/s")

@@ -45,7 +45,7 @@ def add_bench_parser(sub: Any) -> None:
                    help="keep the per-worker content-hash feature cache on (the workload repeats 3 files per kind, "
                         "so Preprocessor-based pipelines then hit it; sglang_style never uses it). Default: off")
     b.add_argument("--skip-shards", action="store_true",
-                   help="skip scaling.coordinator_shards (K=1 against K=2 coordinators; --quick runs it on 24 requests)")
+                   help="skip scaling.coordinator_shards (K=1 against K=2 coordinators; --quick runs it on 64 requests)")
     b.set_defaults(func=cmd_bench)
 
 

@@ -33,7 +33,7 @@ def tiny_workload(work: Path, base: str, model: str, quick: bool) -> Workload:
 
     for k in range(3):
         (work / "media" / f"tiny_{k}.jpeg").write_bytes(make_image(56, 56, "JPEG", seed=k))
-    n = 24 if quick else 160
+    n = 64 if quick else 160  # quick: enough that the K=1 coordinator's CPU spans a few 10 ms clock ticks
     lines = []
     for r in range(n):
         rid = f"tiny-{r:04d}"
@@ -229,7 +229,8 @@ def run_pipelines(work: Path, quick: bool, n_image: int, n_video: int, n_audio: 
                         pp["ray_data_stream"] = guarded(lambda: paced_ray_data_stream(vision, DEFAULT_CPU_RESOURCE, plan), log)
                 if tiny is not None:
                     clock.phase("coordinator_shards", "coordinator shards (K=1, K=2; coordinator-bound workload) ...")
-                    out["coordinator_shards"] = guarded(lambda: coordinator_shards(tiny, warm=4 if quick else 8), log)
+                    out["coordinator_shards"] = guarded(
+                        lambda: coordinator_shards(tiny, warm=4 if quick else 8, idle_s=0.5 if quick else 1.0), log)
             finally:
                 clock.phase("cluster_shutdown", "cluster down ...")
                 cluster.shutdown()

@@ -138,9 +138,11 @@ def paced_pool(pool: Any, plan: PacedPlan, workers: int) -> dict[str, Any]:
                                "warm and idle); Pool.submit at each arrival")
 
 
-def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: int = 2, warm: int = 8) -> dict[str, Any]:
+def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: int = 2, warm: int = 8,
+                       idle_s: float = 1.0) -> dict[str, Any]:
     """``scaling.coordinator_shards``: the pool's req/s with ``PoolConfig(coordinators=k)`` on a
-    coordinator-bound workload (``w``: tiny images, feature cache on, noop consumer), K=1 against K=2.
+    coordinator-bound workload (``w``: tiny images, feature cache on, noop consumer), K=1 against K=2,
+    with each coordinator's CPU per request and capacity at that rate (:mod:`ray_mm.bench.shards`).
 
     Runs only where ``PoolConfig`` has a ``coordinators`` field; otherwise it says so and measures
     nothing. The CPU split (driver, Ray workers, daemons) is kept per K, so that on 2 cores one can
@@ -149,26 +151,17 @@ def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: i
     from actors.pool import Pool
 
     from ..pool.config import PoolConfig
+    from .shards import accounted_run, summarize
 
     if "coordinators" not in PoolConfig.model_fields:
         return {"skipped": "PoolConfig has no 'coordinators' field (coordinator shards not built)"}
-    out: dict[str, Any] = {"workload": f"{len(w.lines)} requests of tiny images, feature cache on, consumer=noop",
-                           "workers": workers, "runs": {}}
+    runs: dict[int, list[dict[str, Any]]] = {}
     for k in shards:
         cfg = PoolConfig(cpu_workers=workers, gpu_workers=1, consumer="noop", coordinators=k,
                          max_inflight_requests=max(64, len(w.lines) + 8))
         with Pool(w.model_dir, w.core, cfg, w.adapter) as pool:
             for _ in pool.run(rename(w.lines[:warm], f"warm-k{k}-")):
                 pass
-            cpu = TreeCpu()
-            c0 = cpu.sample()
-            t0 = time.perf_counter()
-            ok = sum(1 for rec in pool.run(rename(w.lines, f"k{k}-")) if rec.get("ok"))
-            wall = time.perf_counter() - t0
-            delta = TreeCpu.delta(c0, cpu.sample())
-        out["runs"][f"k{k}"] = {"requests": len(w.lines), "ok": ok, "wall_s": wall, "req_per_s": len(w.lines) / wall,
-                                "cpu_s": {kind: round(v, 3) for kind, v in delta.items()}}
-        out[f"k{k}_req_per_s"] = len(w.lines) / wall
-    if "k1_req_per_s" in out and "k2_req_per_s" in out:
-        out["k2_over_k1"] = out["k2_req_per_s"] / out["k1_req_per_s"]
-    return out
+            runs[k] = [accounted_run(pool, rename(w.lines, f"k{k}-"), idle_s)]
+    return {"workload": f"{len(w.lines)} requests of tiny images, feature cache on, consumer=noop",
+            "workers": workers, **summarize(runs)}

@@ -6,7 +6,13 @@ run measured on its 2 cores:
 - **media**: ``N x C / media CPU s per request`` (the pool's whole CPU per item, every process of the
   cluster included, times the items per request: conservative, the coordinator and GPU worker's
   share is counted again in their own ceilings);
-- **coordinator**: ``K x 1000 / coordinator ms per request`` (process CPU minus idle; K shards);
+- **coordinator**: ``K x 1000 / coordinator ms per request`` (process CPU minus idle; K shards), at
+  saturation: the K=1 coordinator of the shard phase, closed loop on tiny images (its calls, pulls and
+  result batches fill up as they would at a ceiling). The coordinator's cost per request falls with
+  its load (BENCHMARKS.md, "Session 7": 9.9 ms at 10 req/s, 5.5 at 40, 1.8 at 117 on the same tiny
+  requests), so the 4-image figure of the float32 pool, measured at this machine's 10 req/s, would
+  understate the ceiling; it is kept beside the table, not used in it. Without a shard phase it is
+  the figure used, and the model says so;
 - **network**: ``G x NIC bytes/s / bytes per request`` into G GPU nodes;
 - **GPU pull**: ``G x GPUs per node x 1000 / GPU worker ms per request`` (one GPU worker per GPU);
 - **GCS**: not on a request's path (actors are looked up by name once; objects are owned by the
@@ -77,7 +83,12 @@ def scale_model(result: dict[str, Any], nodes: tuple[int, ...] = (1, 4, 16, 64),
     p = result.get("pipelines", {})
     pool = p.get("pool_uint8") if "requests_per_s" in p.get("pool_uint8", {}) else p.get("pool", {})
     items_per_request = pool.get("items", 0) / pool["requests"] if pool.get("requests") else math.nan
-    coordinator = p.get("pool", {}).get("coordinator_4img_cpu_ms_per_request", math.nan)
+    at_bench_rate = p.get("pool", {}).get("coordinator_4img_cpu_ms_per_request", math.nan)
+    saturated = result.get("scaling", {}).get("coordinator_shards", {}).get("per_coordinator_cpu_ms_per_request", {}).get("k1")
+    if saturated and isinstance(saturated[0], (int, float)) and math.isfinite(saturated[0]) and saturated[0] > 0:
+        coordinator, source = float(saturated[0]), "shard phase, K=1, closed loop on tiny images (saturated)"
+    else:
+        coordinator, source = at_bench_rate, "float32 pool, 4-image requests at this machine's rate (no shard figure)"
     inputs = ScaleInputs(
         media_cpu_s_per_request=pool.get("cpu_s_per_item", math.nan) * items_per_request,
         coordinator_ms_per_request=coordinator,
@@ -88,7 +99,9 @@ def scale_model(result: dict[str, Any], nodes: tuple[int, ...] = (1, 4, 16, 64),
     in_process = {k: p[k]["requests_per_s"] for k in ("sglang_style", "sglang_style_hand") if "requests_per_s" in p.get(k, {})}
     return {
         "inputs": {**inputs.__dict__, "from": "pool_uint8" if pool is p.get("pool_uint8") else "pool",
-                   "items_per_request": items_per_request},
+                   "items_per_request": items_per_request, "coordinator_from": source,
+                   "coordinator_4img_ms_at_bench_rate": at_bench_rate,
+                   "bench_rate_req_per_s": p.get("pool", {}).get("requests_per_s", math.nan)},
         "projections": [project(inputs, n) for n in nodes],
         "needed": {str(n): needed(inputs, n) for n in nodes},
         "in_process_requests_per_s_here": in_process,
@@ -111,6 +124,9 @@ def format_scale_model(model: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['n_cpu_nodes']} | {c['media']:.0f} | {c['coordinator']:.0f} | {c['network']:.0f} | "
                      f"{c['gpu_pull']:.0f} | {row['requests_per_s']:.0f} | {row['first_ceiling']} | "
                      f"{need['coordinators']}, {need['gpu_nodes']} |")
+    lines.append(f"coordinator figure: {i['coordinator_from']}; the float32 pool's 4-image requests at this machine's "
+                 f"{i['bench_rate_req_per_s']:.1f} req/s cost {i['coordinator_4img_ms_at_bench_rate']:.2f} ms each "
+                 f"(a ceiling of {_per(1000.0, i['coordinator_4img_ms_at_bench_rate']):.0f} req/s at that load)")
     here = ", ".join(f"{k} {v:.1f}" for k, v in model["in_process_requests_per_s_here"].items())
     lines.append(f"in-process, one process, measured here (2 cores): {here or 'not run'} req/s")
     return lines

@@ -138,12 +138,14 @@ def test_quick_is_labelled_and_timed(report: dict) -> None:
 
 
 def test_scale_model_projects_from_this_run(report: dict) -> None:
-    """The scale model's inputs are this run's figures (uint8 pool, float32 pool's coordinator phase)."""
+    """The scale model's inputs are this run's figures (uint8 pool, the shard phase's saturated coordinator)."""
     model = report["scale_model"]
     inputs, uint8 = model["inputs"], report["pipelines"]["pool_uint8"]
     assert inputs["from"] == "pool_uint8"
     assert inputs["bytes_per_request"] == uint8["gpu_bytes_in_per_request"] > 0
-    assert inputs["coordinator_ms_per_request"] == report["pipelines"]["pool"]["coordinator_4img_cpu_ms_per_request"]
+    saturated = report["scaling"]["coordinator_shards"]["per_coordinator_cpu_ms_per_request"]["k1"][0]
+    assert inputs["coordinator_ms_per_request"] == saturated > 0  # the shard phase's K=1 coordinator
+    assert inputs["coordinator_4img_ms_at_bench_rate"] == report["pipelines"]["pool"]["coordinator_4img_cpu_ms_per_request"]
     assert "gpu_worker_cpu_ms_per_request" in uint8
     rows = model["projections"]
     assert [r["n_cpu_nodes"] for r in rows] == [1, 4, 16, 64]
