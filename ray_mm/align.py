@@ -135,8 +135,7 @@ def _try_fast(
     cursor = 0
     for k, (_, item, exp) in planned.items():
         out.extend(ids[cursor:k])
-        aligned.append(_aligned(item, exp, len(out)))
-        out.extend(exp.ids())
+        aligned.append(AlignedItem(meta=item, offsets=exp.extend_into(out)))
         cursor = k + 1
     out.extend(ids[cursor:])
     return Alignment(input_ids=out, items=aligned, path="fast")

@@ -78,6 +78,18 @@ class Expansion:
             out.extend(text)
         return out
 
+    def extend_into(self, out: list[int]) -> list[tuple[int, int]]:
+        """Append :meth:`ids` to ``out`` in one pass; the inclusive ``(start, end)`` of each run in ``out``
+        (the fast path's hot loop: no intermediate list, no second pass for the offsets)."""
+        out.extend(self.texts[0])
+        token, offsets = self.token, []
+        for n, text in zip(self.runs, self.texts[1:]):
+            start = len(out)
+            out.extend([token] * n)
+            offsets.append((start, start + n - 1))
+            out.extend(text)
+        return offsets
+
     def relative_runs(self) -> list[tuple[int, int]]:
         """Inclusive ``(start, end)`` of each run, relative to the start of the expansion."""
         out, pos = [], len(self.texts[0])

@@ -214,3 +214,19 @@ def test_align_by_text_splices_text_and_reads_offsets_back() -> None:
     out = align_by_text("a<vid>a", {"video": "<vid>"}, {"video": VID}, {"video": "<vid>"}, {"video": [vid]}, tokenize)
     assert out.input_ids == [1, 60, VS, VID, VID, VE, 62, VS, VID, VID, VID, VE, 1]
     assert out.items[0].offsets == [(3, 4), (8, 10)]
+
+
+@pytest.mark.parametrize("texts,runs", [
+    ([[], []], [5]),  # Qwen2-VL's single run
+    ([[1, 2], [3], [4, 5, 6]], [2, 3]),  # text before, between and after (MiniCPM-V, Qwen3-VL shapes)
+    ([[7], [], []], [1, 4]),  # runs side by side, no text between
+])
+def test_extend_into_is_ids_with_the_offsets_of_relative_runs(texts: list[list[int]], runs: list[int]) -> None:
+    """The fast path's one-pass writer appends exactly ``ids()`` and reports ``relative_runs()`` shifted
+    to where it wrote them."""
+    exp = Expansion(texts, runs, 9)
+    out = [100, 101, 102]
+    offsets = exp.extend_into(out)
+    assert out == [100, 101, 102, *exp.ids()]
+    assert offsets == [(s + 3, e + 3) for s, e in exp.relative_runs()]
+    assert all(out[s : e + 1] == [9] * (e - s + 1) for s, e in offsets)
