@@ -79,7 +79,8 @@ def needed(inputs: ScaleInputs, n_cpu_nodes: int) -> dict[str, int | None]:
 
 def scale_model(result: dict[str, Any], nodes: tuple[int, ...] = (1, 4, 16, 64), **shape: Any) -> dict[str, Any]:
     """The model from a bench result: inputs from the default (uint8) pool where it ran, the coordinator
-    from the float32 pool's 4-image phase (the one the target measures), and the projections."""
+    from the shard phase's saturated K=1 coordinator (else the float32 pool's 4-image phase, and it says
+    so), and the projections."""
     p = result.get("pipelines", {})
     pool = p.get("pool_uint8") if "requests_per_s" in p.get("pool_uint8", {}) else p.get("pool", {})
     items_per_request = pool.get("items", 0) / pool["requests"] if pool.get("requests") else math.nan
