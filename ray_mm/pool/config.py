@@ -35,7 +35,8 @@ class PoolConfig(BaseModel):
         default=1, ge=1,
         description="Coordinator shards (K). Requests are spread over them by a stable hash of request_id "
         "(ray_mm.pool.shard_of); GPU workers pull from all of them; one shard's failure touches only its own "
-        "requests. The limits below are pool totals, divided among the shards.",
+        "requests. The limits below are pool totals, divided among the shards, except each worker's "
+        "max_inflight_per_worker and max_calls_per_worker, which every shard keeps whole (ray_mm.pool.shards).",
     )
     coordinator_resources: dict[str, float] = Field(
         default_factory=lambda: {"node:__internal_head__": 0.001},
