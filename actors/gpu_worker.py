@@ -106,9 +106,8 @@ class GpuWorker:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.staging = HostStaging(self.device) if self.device.type == "cuda" else None
         self.node_id = ray.get_runtime_context().get_node_id()
-        from ray_mm.models import load_adapter
-
-        self.adapter = load_adapter(model_dir, adapter)
+        self.model_dir, self.adapter_name = model_dir, adapter
+        self._adapter: Any = None  # loaded on first use (see the adapter property)
         self.engine: EngineConsumer | None = None
         engine = parse_consumer(self.cfg.consumer)
         if engine is not None:  # "sglang:module:fn" and friends: the engine's own form, to the user's function
@@ -134,6 +133,17 @@ class GpuWorker:
         self.faults = 0
         if self.cfg.freeze_gc_after_start:
             gc.freeze()  # see PoolConfig.freeze_gc_after_start
+
+    @property
+    def adapter(self) -> Any:
+        """The model's adapter, loaded on first use: the engine, vision-tower and user consumers need it
+        (``finish_features``); a ``noop`` or ``digest`` consumer never does, and loading it is the
+        processor's imports, about 1.8 CPU-s of the worker's start-up."""
+        if self._adapter is None:
+            from ray_mm.models import load_adapter
+
+            self._adapter = load_adapter(self.model_dir, self.adapter_name)
+        return self._adapter
 
     def ready(self) -> str:
         return self.node_id
