@@ -38,10 +38,12 @@ def test_qwen2_vl_mixed_order_and_legacy(family_dir, media: Path) -> None:  # ty
 
 def test_qwen2_vl_video_with_fps(family_dir, media: Path) -> None:  # type: ignore[no-untyped-def]
     line = {"request_id": "v", "prompt": f"Watch {VID} now", "videos": [{"url": "clip.mp4", "fps": 2.0}]}
-    cf.check_request(family_dir("qwen2_vl"), QWEN2_VL, line, media)
+    checked = cf.check_request(family_dir("qwen2_vl"), QWEN2_VL, line, media)
+    assert [i["modality"] for i in checked.record["items"]] == ["video"]
 
 
 def test_qwen2_audio_two_clips(family_dir, media: Path) -> None:  # type: ignore[no-untyped-def]
     line = {"request_id": "a", "prompt": f"First {AUD} then\n{AUD}.", "audios": ["a.wav", "b.wav"]}
     checked = cf.check_request(family_dir("qwen2_audio"), QWEN2_AUDIO, line, media)
+    assert [(i["modality"], i["index"]) for i in checked.record["items"]] == [("audio", 0), ("audio", 1)]
     cf.check_legacy_roundtrip(checked)

@@ -215,7 +215,8 @@ def test_encoder_gives_one_row_per_soft_token(model: Path, media: Path) -> None:
     checked = cf.check_request(model, PAS, line, media)
     encoded = cf.check_encoder_rows(checked.pre, checked.line)
     # The model's own image path over the whole request's pixel_values, same weights.
-    cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    rows = cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    assert rows == sum(i["num_tokens"] for i in encoded.outcome.record["items"])
 
 
 def test_client_options_other_than_switches_are_refused(model: Path, media: Path) -> None:

@@ -139,13 +139,13 @@ def test_chat_messages(model: Path, media: Path) -> None:
 
 def test_corrupted_expansions_are_400s(mixed: cf.Checked, model: Path, media: Path) -> None:
     # The first image one token short: the scan says what it expected.
-    cf.check_corruptions(mixed, ("short_run",))
+    assert set(cf.check_corruptions(mixed, ("short_run",))) == {"short_run"}
     # An image's expansion is one bare run, with no text of its own to damage; a video's frame markers
     # and seconds are: a short run, the <|end_of_image|> after its first run, a wrong second.
     video = cf.check_request(model, FAMILY, {"request_id": "v", "prompt": f"Watch {VID}", "videos": [FPS]}, media)
     # The damaged runs are <|image|> tokens that match no item's expansion: the scan reads them as an
     # image placeholder, and with no image in the request says so (a 400 naming the position).
-    cf.check_corruptions(video, ("short_run", "text"), phrases=())
+    assert set(cf.check_corruptions(video, ("short_run", "text"), phrases=())) == {"short_run", "text"}
     (first, second, _) = video.record["items"][0]["offsets"]
     tok = video.pre.adapter.tokenizer
     wrong_second = list(video.hf_ids)

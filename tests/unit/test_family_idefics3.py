@@ -100,11 +100,13 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Ch
 
 
 def test_count_mismatches_both_ways_are_400s(several: cf.Checked) -> None:
-    cf.check_count_mismatches(several, (IMG * 6, f"{IMG} and {IMG}"))
+    messages = cf.check_count_mismatches(several, (IMG * 6, f"{IMG} and {IMG}"))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(several: cf.Checked) -> None:
     encoded = cf.check_encoder_rows(several.pre, several.line)
     # The model's own call on the whole request's packed tiles gives the same rows, in prompt order.
     packed = cf.pack(encoded.outcome.item_features, ["pixel_values", "pixel_attention_mask"], FAMILY.concat_axis)
-    cf.check_whole_request_rows(encoded, packed)
+    rows = cf.check_whole_request_rows(encoded, packed)
+    assert rows == sum(i["num_tokens"] for i in encoded.outcome.record["items"])

@@ -120,12 +120,14 @@ def test_image_video_image_in_prompt_order(model: Path, media: Path) -> None:
 def test_mixed_order_with_text_around_the_video(model: Path, media: Path) -> None:
     line = {"request_id": "mixed-text", "prompt": f"A{IMG}\n{VID}B {IMG}.",
             "images": ["big.jpg", "thin.jpg"], "videos": [{"url": "clip.mp4", "nframes": 4}]}
-    cf.check_request(model, INTERNVL, line, media)
+    checked = cf.check_request(model, INTERNVL, line, media)
+    assert [i["modality"] for i in checked.record["items"]] == ["image", "video", "image"]
 
 
 def test_video_legacy_roundtrip(model: Path, media: Path) -> None:
     line = {"request_id": "vid", "prompt": f"Watch:{VID}\nok", "videos": [{"url": "clip.mp4", "nframes": 4}]}
-    cf.check_legacy_roundtrip(cf.check_request(model, INTERNVL, line, media))
+    records = cf.check_legacy_roundtrip(cf.check_request(model, INTERNVL, line, media))
+    assert [[i["modality"] for i in r["items"]] for r in records] == [["video"], ["video"]]
 
 
 def test_chat_messages(model: Path, media: Path) -> None:
@@ -155,7 +157,8 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(images: cf.Che
 
 def test_count_mismatches_both_ways_are_400s(images: cf.Checked) -> None:
     prompt = images.line["prompt"]
-    cf.check_count_mismatches(images, (prompt + IMG, prompt.removesuffix(IMG)))
+    messages = cf.check_count_mismatches(images, (prompt + IMG, prompt.removesuffix(IMG)))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(model: Path, media: Path) -> None:
@@ -163,4 +166,5 @@ def test_encoder_gives_one_row_per_feature_token(model: Path, media: Path) -> No
             "videos": [{"url": str(media / "clip.mp4"), "nframes": 2}]}
     encoded = cf.check_encoder_rows(Preprocessor(model, cf.config_for(media)), line)
     # The model's own feature path on the request's whole pixel_values (video frames included), same weights.
-    cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    rows = cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    assert rows == sum(i["num_tokens"] for i in encoded.outcome.record["items"])

@@ -65,12 +65,14 @@ def test_several_odd_images_and_a_repeat(several: cf.Checked) -> None:
 
 def test_newlines_right_against_the_placeholder(model: Path, media: Path) -> None:
     line = {"request_id": "nl", "prompt": f"\n\n{IMG}\n\n{IMG}\n", "images": ["thin.jpg", "tiny.png"]}
-    cf.check_legacy_roundtrip(cf.check_request(model, LLAVA, line, media))
+    records = cf.check_legacy_roundtrip(cf.check_request(model, LLAVA, line, media))
+    assert [len(r["items"]) for r in records] == [2, 2]
 
 
 def test_placeholders_side_by_side(model: Path, media: Path) -> None:
     """In a text prompt every placeholder is one item's, as the processor reads text: <image><image> is two."""
-    cf.check_request(model, LLAVA, {"request_id": "adj", "prompt": f"A{IMG}{IMG}", "images": ["big.jpg", "thin.jpg"]}, media)
+    checked = cf.check_request(model, LLAVA, {"request_id": "adj", "prompt": f"A{IMG}{IMG}", "images": ["big.jpg", "thin.jpg"]}, media)
+    assert checked.record["path"] == "fast" and [i["index"] for i in checked.record["items"]] == [0, 1]
 
 
 def test_chat_messages(model: Path, media: Path) -> None:
@@ -86,18 +88,21 @@ def test_chat_messages(model: Path, media: Path) -> None:
 
 
 def test_corrupted_expansions_are_400s_that_say_what_was_expected(several: cf.Checked) -> None:
-    cf.check_corruptions(several, ("short_run",))
+    assert set(cf.check_corruptions(several, ("short_run",))) == {"short_run"}
     # "text" damage does not apply (no text in the expansion); a run one token too long instead.
-    cf.check_corruptions(several, ("long_run",), ("expected", f"found a run of {TOKENS + 1}"))
+    messages = cf.check_corruptions(several, ("long_run",), ("expected", f"found a run of {TOKENS + 1}"))
+    assert f"found a run of {TOKENS + 1}" in messages["long_run"]
 
 
 def test_count_mismatches_both_ways_are_400s(several: cf.Checked) -> None:
     image_id = several.pre.adapter.placeholder_token_ids["image"]
     prompt = several.line["prompt"]
-    cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(f"then{IMG}", "then")), extra=[1, image_id])
+    messages = cf.check_count_mismatches(several, (prompt + IMG, prompt.replace(f"then{IMG}", "then")), extra=[1, image_id])
+    assert len(messages) == 4  # each prompt, placeholders too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(several: cf.Checked) -> None:
     encoded = cf.check_encoder_rows(several.pre, several.line)
     # The model's own feature path on the request's whole pixel_values, same weights.
-    cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    rows = cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, ["pixel_values"]))
+    assert rows == sum(i["num_tokens"] for i in encoded.outcome.record["items"])

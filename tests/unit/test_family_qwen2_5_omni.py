@@ -57,7 +57,8 @@ def test_one_image(model: Path, media: Path) -> None:
 
 
 def test_several_images_of_odd_sizes(model: Path, media: Path) -> None:
-    cf.check_several_images(model, FAMILY, media)
+    checked = cf.check_several_images(model, FAMILY, media)
+    assert len(checked.record["items"]) == 4
 
 
 def test_video_alone(model: Path, media: Path) -> None:
@@ -121,12 +122,13 @@ def test_corrupted_expansions_are_400s(mixed: cf.Checked) -> None:
         ids = list(mixed.hf_ids)
         del ids[item["offsets"][0][0]]
         cf.assert_alignment_error(cf.run_ids(mixed, f"short-{modality}", ids), "expected", f"{modality} {item['index']}")
-    cf.check_corruptions(mixed, ("short_run",))
+    assert set(cf.check_corruptions(mixed, ("short_run",))) == {"short_run"}
 
 
 def test_count_mismatches_both_ways_are_400s(mixed: cf.Checked) -> None:
     prompts = (f"A{AUD}\n{IMG}x{VID}\nB {IMG}.{AUD}{AUD}", f"A{AUD}\n{IMG}x{VID}\nB {IMG}.", f"A{AUD}{VID}{VID}{IMG}{IMG}{AUD}")
-    cf.check_count_mismatches(mixed, prompts, modality="audio")
+    messages = cf.check_count_mismatches(mixed, prompts, modality="audio")
+    assert len(messages) == 5  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(mixed: cf.Checked) -> None:

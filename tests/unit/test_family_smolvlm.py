@@ -205,17 +205,17 @@ def test_chat_messages_with_a_video_and_images(model: Path, media: Path) -> None
 
 
 def test_corrupted_expansions_are_400s_that_say_what_was_expected(images: cf.Checked) -> None:
-    cf.check_corruptions(images, ("short_run", "text"))
+    assert set(cf.check_corruptions(images, ("short_run", "text"))) == {"short_run", "text"}
 
 
 def test_corrupted_video_expansions_are_400s(video: cf.Checked) -> None:
     # The damaged frame's <image> tokens match no item's full expansion, so the scan takes them for an
     # image's (the token's own modality first): the message names a surplus image placeholder, not the video.
-    cf.check_corruptions(video, ("short_run", "text"), phrases=())
+    assert set(cf.check_corruptions(video, ("short_run", "text"), phrases=())) == {"short_run", "text"}
 
 
 def test_count_mismatches_both_ways_are_400s(images: cf.Checked, video: cf.Checked) -> None:
-    cf.check_count_mismatches(images, (IMG * 6, f"{IMG} and {IMG}"))
+    assert len(cf.check_count_mismatches(images, (IMG * 6, f"{IMG} and {IMG}"))) == 4
     # Videos: a second placeholder with one video, and none.
     for prompt in (f"{VID}{VID}", "no video here"):
         cf.assert_alignment_error(cf.rerun(video, "video-count", prompt=prompt))
@@ -230,4 +230,5 @@ def test_encoder_gives_one_row_per_feature_token(model: Path, media: Path) -> No
     checked = cf.check_request(model, MIXED, line, media)
     encoded = cf.check_encoder_rows(checked.pre, checked.line)
     # The model's own call on the request's tiles and frames packed in prompt order gives the same rows.
-    cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, sorted(PIXELS), IMAGES.concat_axis))
+    rows = cf.check_whole_request_rows(encoded, cf.pack(encoded.outcome.item_features, sorted(PIXELS), IMAGES.concat_axis))
+    assert rows == sum(i["num_tokens"] for i in encoded.outcome.record["items"])

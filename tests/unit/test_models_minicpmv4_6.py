@@ -154,7 +154,8 @@ def test_corrupted_expansions_are_400s_that_say_what_was_expected(mixed: cf.Chec
 def test_count_mismatches_both_ways_are_400s(mixed: cf.Checked) -> None:
     # Prompts: one image placeholder too many, and one too few; ids: HF's ids plus one compact
     # placeholder, and HF's ids for a request that lost its last image.
-    cf.check_count_mismatches(mixed, (f"A{IMG}\n{VID}B {IMG}.{IMG}", f"A{IMG}\n{VID}B."))
+    messages = cf.check_count_mismatches(mixed, (f"A{IMG}\n{VID}B {IMG}.{IMG}", f"A{IMG}\n{VID}B."))
+    assert len(messages) == 4  # each prompt, one placeholder too many as ids, one item too few
 
 
 def test_encoder_gives_one_row_per_feature_token(mixed: cf.Checked) -> None:
@@ -163,7 +164,8 @@ def test_encoder_gives_one_row_per_feature_token(mixed: cf.Checked) -> None:
     encoded = cf.check_encoder_rows(mixed.pre, mixed.line)
     # The HF model's own feature path, on the same weights, over all of the request's images at once.
     images = cf.pack(encoded.outcome.item_features, ["pixel_values", "target_sizes"], MINICPM.concat_axis)
-    cf.check_whole_request_rows(encoded, images, method=MiniCPMV4_6Model.get_image_features, modality="image")
+    rows = cf.check_whole_request_rows(encoded, images, method=MiniCPMV4_6Model.get_image_features, modality="image")
+    assert rows == sum(i["num_tokens"] for i in encoded.outcome.record["items"] if i["modality"] == "image")
 
 
 def test_check_input_refuses_an_empty_video(mixed: cf.Checked) -> None:

@@ -80,7 +80,8 @@ def test_one_image(model_dir: Path, media: Path) -> None:
 
 
 def test_several_images_of_odd_sizes(model_dir: Path, media: Path) -> None:
-    cf.check_several_images(model_dir, FAMILY, media, ["b.png", "c.jpg", "d.png", "a.jpg"])
+    checked = cf.check_several_images(model_dir, FAMILY, media, ["b.png", "c.jpg", "d.png", "a.jpg"])
+    assert len(checked.record["items"]) == 4
 
 
 def test_image_video_image_in_prompt_order(mixed: cf.Checked) -> None:
@@ -120,10 +121,10 @@ def test_corrupted_expansion_is_a_400(model_dir: Path, media: Path, first: str) 
     line = {"request_id": "bad", "prompt": f"{media_parts[0]} then {media_parts[1]}", "images": ["b.png"],
             "videos": [VIDEO_NFRAMES]}
     checked = cf.check_request(model_dir, FAMILY, line, media)
-    cf.check_corruptions(checked, ("short_run",), ("expected", f"{first} 0"))
+    assert f"{first} 0" in cf.check_corruptions(checked, ("short_run",), ("expected", f"{first} 0"))["short_run"]
     # Qwen2.5-VL's expansion is one run with no text, so "text" damages the prompt's <|vision_end|> after
     # it (in the tiny vocabulary it becomes <|image_pad|>, the next id): still a 400, whatever it now reads as.
-    cf.check_corruptions(checked, ("text",), ("image",))
+    assert set(cf.check_corruptions(checked, ("text",), ("image",))) == {"text"}
 
 
 def test_count_mismatch_both_ways_is_a_400(mixed: cf.Checked) -> None:

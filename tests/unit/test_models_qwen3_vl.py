@@ -114,7 +114,8 @@ def test_one_image(model_dir: Path, media: Path) -> None:
 
 
 def test_several_images_of_odd_sizes(model_dir: Path, media: Path) -> None:
-    cf.check_several_images(model_dir, FAMILY, media, ["b.png", "c.jpg", "d.png", "a.jpg"])
+    checked = cf.check_several_images(model_dir, FAMILY, media, ["b.png", "c.jpg", "d.png", "a.jpg"])
+    assert len(checked.record["items"]) == 4
 
 
 def test_image_video_image_in_prompt_order(mixed: cf.Checked) -> None:
@@ -188,7 +189,7 @@ def test_tokenization_boundary_needs_the_text_splice(merging_dir: Path, media: P
 def test_corrupted_expansion_is_a_400(model_dir: Path, media: Path, how: str) -> None:
     line = {"request_id": "bad", "prompt": f"{VID} then {IMG}", "images": ["b.png"], "videos": [VIDEO_NFRAMES]}
     checked = cf.check_request(model_dir, FAMILY, line, media)
-    cf.check_corruptions(checked, (how,), ("expected", "video 0"))
+    assert "video 0" in cf.check_corruptions(checked, (how,), ("expected", "video 0"))[how]
 
 
 def test_corrupted_timestamp_is_a_400(model_dir: Path, media: Path) -> None:
