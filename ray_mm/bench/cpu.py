@@ -51,28 +51,47 @@ def descendants(root: int) -> list[tuple[int, str, float]]:
                 t = proc.cpu_times()
                 out.append((proc.pid, (proc.cmdline() or [""])[0], t.user + t.system))
         return out
+    procs = _proc_table(with_cmd=True)
+    return [(pid, procs[pid][2], procs[pid][3]) for pid in _subtree(procs, root)]
+
+
+def live_descendants(root: int) -> int:
+    """How many descendants of ``root`` are still running (zombies not counted); 0 where /proc is missing."""
+    procs = _proc_table(with_cmd=False) if os.path.isdir("/proc") else {}
+    return sum(1 for pid in _subtree(procs, root) if pid != root and procs[pid][1] not in ("Z", "X"))
+
+
+def _proc_table(with_cmd: bool) -> dict[int, tuple[int, str, str, float]]:
+    """pid -> (ppid, state, argv[0] or "", user+system CPU s) of every process, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    procs: dict[int, tuple[int, str, float]] = {}
+    procs: dict[int, tuple[int, str, str, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read().decode(errors="replace")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")[0].decode(errors="replace")
+            cmd = ""
+            if with_cmd:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        procs[int(entry)] = (int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / tick)
+        procs[int(entry)] = (int(fields[1]), fields[0], cmd, (int(fields[11]) + int(fields[12])) / tick)
+    return procs
+
+
+def _subtree(procs: dict[int, tuple[int, str, str, float]], root: int) -> list[int]:
+    """``root`` (where listed) and every descendant of it in ``procs``."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
+    for pid, (ppid, *_) in procs.items():
         children.setdefault(ppid, []).append(pid)
     out, stack = [], [root]
     while stack:
         pid = stack.pop()
         if pid in procs:
-            out.append((pid, procs[pid][1], procs[pid][2]))
+            out.append(pid)
         stack.extend(children.get(pid, []))
     return out
 

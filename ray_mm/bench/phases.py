@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RayMMConfig
+from .cpu import live_descendants
 from .micro import object_store_roundtrip
 from .micro_media import SERVING_IMAGE_MAX_PIXELS, SERVING_VIDEO_MAX_PIXELS, make_bench_model
 from .paced import PacedOptions, PacedPlan, plan_paced
@@ -47,7 +48,7 @@ def tiny_workload(work: Path, base: str, model: str, quick: bool) -> Workload:
     return Workload("tiny", model, core, lines)
 
 
-def start_cluster(connect: bool = True) -> Any:
+def start_cluster() -> Any:
     """Head + two 1-CPU CPU nodes + one GPU-worker node on 127.0.0.1, 1 GiB object store per node."""
     from actors.local_cluster import start_local_cluster
 
@@ -55,7 +56,7 @@ def start_cluster(connect: bool = True) -> Any:
         from ray_mm.pool.config import LocalClusterSpec
     except ImportError:  # older layout: keyword sizes
         return start_local_cluster(cpu_nodes=2, cpus_per_node=1, gpu_nodes=1, object_store_bytes=1 << 30)
-    return start_local_cluster(LocalClusterSpec(), object_store_bytes=1 << 30, connect=connect)
+    return start_local_cluster(LocalClusterSpec(), object_store_bytes=1 << 30)
 
 
 class Background:
@@ -85,30 +86,8 @@ def wait_for_no_children(timeout_s: float = 10.0) -> None:
     """After the cluster's shutdown: wait until no process of it is left (they would share the cores
     with the in-process pipelines that run next)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _live_descendants(os.getpid()):
+    while time.monotonic() < deadline and live_descendants(os.getpid()):
         time.sleep(0.05)
-
-
-def _live_descendants(root: int) -> int:
-    """How many descendants of ``root`` are still running (zombies not counted); 0 where /proc is missing."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] not in ("Z", "X"):
-            parent[int(entry)] = int(fields[1])
-    live, frontier = 0, {root}
-    while frontier:
-        kids = {pid for pid, ppid in parent.items() if ppid in frontier}
-        live += len(kids)
-        frontier = kids
-    return live
 
 
 def guarded(fn: Any, log: Any) -> dict[str, Any]:

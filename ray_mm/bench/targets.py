@@ -30,14 +30,23 @@ def _ratio(a: float, b: float) -> float:
     return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else float("nan")
 
 
+def _best_transport(ratios: dict[str, float], lower_is_better: bool = True) -> tuple[float, str]:
+    """The best finite ratio (lowest, or highest) and its transport; NaN and "none" when none was measured."""
+    finite = {t: v for t, v in ratios.items() if math.isfinite(v)}
+    if not finite:
+        return math.nan, "none"
+    best = (min if lower_is_better else max)(finite, key=finite.__getitem__)
+    return finite[best], best
+
+
 def overhead_targets(p: dict[str, Any]) -> dict[str, Any]:
     """Pool CPU per item <= 1.15x and pool (2 workers) throughput >= 0.85x the in-process pipeline
     on the same pixel path, per transport; the entry names the transport with the best figure."""
     base = p.get("sglang_style_hand", {})
     cpu = {t: _ratio(_num(p.get(name, {}), "cpu_s_per_item"), _num(base, "cpu_s_per_item")) for name, t in TRANSPORTS.items()}
     rps = {t: _ratio(_num(p.get(name, {}), "requests_per_s"), _num(base, "requests_per_s")) for name, t in TRANSPORTS.items()}
-    best_cpu = min((v, t) for t, v in cpu.items() if math.isfinite(v)) if any(map(math.isfinite, cpu.values())) else (math.nan, "none")
-    best_rps = max((v, t) for t, v in rps.items() if math.isfinite(v)) if any(map(math.isfinite, rps.values())) else (math.nan, "none")
+    best_cpu = _best_transport(cpu)
+    best_rps = _best_transport(rps, lower_is_better=False)
     return {
         "pool_cpu_per_item_vs_in_process": target(
             1.15, best_cpu[0], higher_is_better=False, transport=best_cpu[1], by_transport={t: round(v, 4) for t, v in cpu.items()},
@@ -46,15 +55,6 @@ def overhead_targets(p: dict[str, Any]) -> dict[str, Any]:
             0.85, best_rps[0], transport=best_rps[1], by_transport={t: round(v, 4) for t, v in rps.items()},
             unit="x req/s, pool (2 workers) against sglang_style_hand (same pixel path)"),
     }
-
-
-def _best_transport(ratios: dict[str, float]) -> tuple[float, str]:
-    """The lowest finite ratio and its transport; NaN and "none" when no transport was measured."""
-    finite = {t: v for t, v in ratios.items() if math.isfinite(v)}
-    if not finite:
-        return math.nan, "none"
-    best = min(finite, key=finite.__getitem__)
-    return finite[best], best
 
 
 def p50_targets(result: dict[str, Any]) -> dict[str, Any]:
