@@ -87,7 +87,9 @@ def test_cancel_frees_work_lease_and_refs(cluster: LocalCluster, model_dir: Path
         after = coord_stats(pool)
         assert after["inflight"] == before["inflight"] - 2
         assert leased not in after["lease_holders"] and queued not in after["lease_holders"]
-        assert after["held_feature_refs"] <= before["held_feature_refs"] - 2
+        # One image per request: only requests still in flight hold a ref (other requests may finish their
+        # media between the two snapshots and take theirs, so the count is not compared with `before`).
+        assert before["held_feature_refs"] >= 2 and after["held_feature_refs"] <= after["inflight"]
         assert after["feature_slots_used"] == before["feature_slots_used"] - 2
         records = list(pool.results(timeout_s=60))
         final = coord_stats(pool)
