@@ -53,7 +53,7 @@ class Online:
         item in prompt order, under ``FEATURE_REFS_KEY``.
         """
         rid = request_id_of(line, fallback_id)
-        if rid in self.waiters or rid in self.inflight or rid in self.results:
+        if rid in self.waiters or self.state.known(rid):
             # Refused as admission would, but before a waiter is put in place: the one there (if any)
             # and the request in flight are someone else's.
             return RequestOutcome.failure(rid, RequestError(
@@ -70,14 +70,14 @@ class Online:
                 # shield: a timeout here must not cancel the future _finish resolves
                 return await asyncio.wait_for(asyncio.shield(waiter.future), timeout=limit)
             except asyncio.TimeoutError:
-                self.counters["waiter_timed_out"] += 1
+                self.state.counters["waiter_timed_out"] += 1
                 logger.error("request %s: no record %g s past its deadline; cancelling it", rid, WAIT_GRACE_S)
                 return RequestOutcome.failure(rid, RequestTimeoutError(
                     f"request {rid}: no result within {limit:g} s")).record
         finally:
             if self.waiters.get(rid) is waiter:  # not finished: refused at admission, timed out, or caller gone
-                if rid in self.inflight:  # ours: the id cannot be admitted twice while in flight
-                    self.counters["waiter_gave_up"] += 1
+                if rid in self.state.inflight:  # ours: the id cannot be admitted twice while in flight
+                    self.state.counters["waiter_gave_up"] += 1
                     await self.cancel(rid)  # _finish removes the waiter; the Cancelled record goes nowhere
                 self.waiters.pop(rid, None)
 
@@ -95,12 +95,12 @@ class Online:
         alive = await asyncio.gather(*(ping(w) for w in self.workers))
         now, window = time.monotonic(), self.cfg.lease_s / 3 + 5.0
         return {
-            "incarnation": self.incarnation,
+            "incarnation": self.state.incarnation,
             "media_workers": len(self.workers),
             "media_workers_alive": sum(alive),
             "gpu_workers": self.cfg.gpu_workers,
-            "gpu_workers_alive": sum(1 for t in self.last_contact.values() if now - t <= window),
-            "inflight": len(self.inflight),
+            "gpu_workers_alive": sum(1 for t in self.state.last_contact.values() if now - t <= window),
+            "inflight": len(self.state.inflight),
             "max_inflight_requests": self.cfg.max_inflight_requests,
             "waiters": len(self.waiters),
         }
