@@ -20,7 +20,7 @@ from actors import metrics
 from ray_mm.config import RayMMConfig
 from ray_mm.errors import InternalError, MMError
 from ray_mm.pipeline import Preprocessor, RequestOutcome
-from ray_mm.pool import InflightRequest, ShardState
+from ray_mm.pool import Freed, InflightRequest, ShardState
 from ray_mm.pool.config import PoolConfig
 from ray_mm.request import request_id_of
 
@@ -160,7 +160,7 @@ class Coordinator(MediaCalls, Leases, Online):
         async with self.results_changed:
             self.results_changed.notify_all()
 
-    def _act_on_freed(self, entry: InflightRequest, freed: Any) -> None:
+    def _act_on_freed(self, entry: InflightRequest, freed: Freed) -> None:
         if entry.task is not None and not entry.task.done() and entry.task is not asyncio.current_task():
             entry.task.cancel()
         for call_id in freed.calls_to_cancel:  # media calls that only this request still wanted

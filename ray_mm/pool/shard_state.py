@@ -25,6 +25,7 @@ from .queues import Deadlines, FeatureSlots, ReadyQueue
 from .requests import Answer, InflightRequest, ReadyOutcome, ReadyRequest
 from .scheduling import LeaseTable, WorkerSelector
 
+# The coordinator's logger: refusals are logged where they were before this bookkeeping left the actor.
 logger = logging.getLogger("ray_mm.actors.coordinator")
 
 
