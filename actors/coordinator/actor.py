@@ -132,9 +132,7 @@ class Coordinator(MediaCalls, Leases, Online):
 
     def _give_slot_back(self) -> None:
         """Free a feature slot: the oldest waiter that still waits gets it."""
-        waiter = self.state.slots.release()
-        while waiter is not None and waiter.done():  # gave up meanwhile: pass the slot on
-            waiter = self.state.slots.release()
+        waiter = self.state.next_slot_holder(gave_up=lambda w: w.done())
         if waiter is not None:
             waiter.set_result(None)
 

@@ -5,7 +5,6 @@ counted and re-dispatched, and the answers are aligned into a ready request."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
@@ -14,8 +13,6 @@ import ray
 from actors import metrics
 from ray_mm.errors import InternalError
 from ray_mm.pool import Call, CrashCounts, InflightRequest, Ticket, build_ready, first_error, holders_by_worker
-
-logger = logging.getLogger("ray_mm.actors.coordinator")
 
 
 class MediaCalls:
@@ -55,24 +52,9 @@ class MediaCalls:
             answers = await asyncio.gather(*(ticket.waiter for ticket in tickets))
             answered.update((t.spec_index, a) for t, a in zip(tickets, answers) if a is not None)
             todo = [t.spec_index for t, a in zip(tickets, answers) if a is None]
-            if todo:
-                self._count_deaths(entry, specs, todo, crashes)
+            if todo:  # their worker died: counted against each, sent again alone (or the request fails)
+                self.state.worker_died(entry.request_id, [spec.label for spec in specs], todo, crashes)
         return [answered[s] for s in range(len(specs))]
-
-    def _count_deaths(self, entry: InflightRequest, specs: list[Any], spec_ids: list[int], crashes: CrashCounts) -> None:
-        """A media worker died holding ``spec_ids``: count it against each; one at its limit fails the request."""
-        counters = self.state.counters
-        for s in spec_ids:
-            deaths = crashes.died(s)
-            if crashes.exhausted(s):
-                counters["crash_looping_items"] += 1
-                logger.error("request %s: %s: a media worker died processing it %d times; not dispatched again",
-                             entry.request_id, specs[s].label, deaths)
-                raise InternalError(f"{specs[s].label}: the media worker died processing this item "
-                                    f"({deaths} times); it is not dispatched again")
-        counters["redispatched_items"] += len(spec_ids)
-        logger.warning("request %s: a media worker died holding %d of its item(s); dispatching them again, one per call",
-                       entry.request_id, len(spec_ids))
 
     def _pump(self) -> None:
         """Plan and send calls once the event loop's current round is done: requests admitted together

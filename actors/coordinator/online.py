@@ -82,9 +82,8 @@ class Online:
                 self.waiters.pop(rid, None)
 
     async def health(self, timeout_s: float = 1.0) -> dict[str, Any]:
-        """Liveness of the pool as the coordinator sees it: media workers that answer a ping within
-        ``timeout_s``, and GPU workers that pulled or renewed leases recently (they pull at least
-        every second when idle and renew every ``lease_s / 3`` while consuming)."""
+        """Liveness of the pool as the coordinator sees it (``ShardState.health``): media workers that
+        answer a ping within ``timeout_s``, GPU workers that pulled or renewed leases recently."""
         async def ping(worker: Any) -> bool:
             try:
                 await asyncio.wait_for(_awaited(worker.ready.remote()), timeout=timeout_s)
@@ -93,14 +92,4 @@ class Online:
                 return False
 
         alive = await asyncio.gather(*(ping(w) for w in self.workers))
-        now, window = time.monotonic(), self.cfg.lease_s / 3 + 5.0
-        return {
-            "incarnation": self.state.incarnation,
-            "media_workers": len(self.workers),
-            "media_workers_alive": sum(alive),
-            "gpu_workers": self.cfg.gpu_workers,
-            "gpu_workers_alive": sum(1 for t in self.state.last_contact.values() if now - t <= window),
-            "inflight": len(self.state.inflight),
-            "max_inflight_requests": self.cfg.max_inflight_requests,
-            "waiters": len(self.waiters),
-        }
+        return self.state.health(time.monotonic(), sum(alive), len(self.waiters))

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PoolSaturatedError, RequestError, RequestTimeoutError
+from ..errors import InternalError, PoolSaturatedError, RequestError, RequestTimeoutError
 from ..logs import RateLimitedLog
 from .calls import Call, CallPlanner, HeldFeatures, Ticket
 from .config import PoolConfig
 from .queues import Deadlines, FeatureSlots, ReadyQueue
 from .requests import Answer, InflightRequest, ReadyOutcome, ReadyRequest
-from .scheduling import LeaseTable, WorkerSelector
+from .scheduling import CrashCounts, LeaseTable, WorkerSelector
 
 # The coordinator's logger: refusals are logged where they were before this bookkeeping left the actor.
 logger = logging.getLogger("ray_mm.actors.coordinator")
@@ -117,6 +117,13 @@ class ShardState:
         slot, entry.has_slot = entry.has_slot, False
         return Freed(calls, self.ready.remove(rid), slot)
 
+    def next_slot_holder(self, gave_up: Callable[[Any], bool]) -> Any:
+        """Free a feature slot: the oldest waiter that has not ``gave_up`` gets it (returned), or None."""
+        waiter = self.slots.release()
+        while waiter is not None and gave_up(waiter):  # gave up meanwhile: pass the slot on
+            waiter = self.slots.release()
+        return waiter
+
     def release_held(self, entry: InflightRequest) -> None:
         for worker, key in entry.refs:
             self.held.release(worker, key)
@@ -166,6 +173,22 @@ class ShardState:
         if flat:
             self.held.hold(call.worker, key, users)
         return Settled(out, follow_up, drop_parked)
+
+    def worker_died(self, request_id: str, labels: list[str], spec_ids: list[int], crashes: CrashCounts) -> None:
+        """A media worker died holding the specs ``spec_ids`` of ``request_id`` (``labels``: every spec's):
+        count it against each; raise ``InternalError`` (the request fails) for one at its limit, else
+        they are sent again, each alone (``CrashCounts.suspect``)."""
+        for s in spec_ids:
+            deaths = crashes.died(s)
+            if crashes.exhausted(s):
+                self.counters["crash_looping_items"] += 1
+                logger.error("request %s: %s: a media worker died processing it %d times; not dispatched again",
+                             request_id, labels[s], deaths)
+                raise InternalError(f"{labels[s]}: the media worker died processing this item "
+                                    f"({deaths} times); it is not dispatched again")
+        self.counters["redispatched_items"] += len(spec_ids)
+        logger.warning("request %s: a media worker died holding %d of its item(s); dispatching them again, one per call",
+                       request_id, len(spec_ids))
 
     def aligned(self, outcome: ReadyOutcome) -> None:
         """Count what aligning a request found (cache lookups, items per node)."""
@@ -243,6 +266,22 @@ class ShardState:
             else:
                 late.append(entry)
         return requeue, late
+
+    def health(self, now: float, media_alive: int, waiters: int) -> dict[str, Any]:
+        """The pool's liveness as this shard sees it: ``media_alive`` media workers answered a ping; a
+        GPU worker counts as alive if it pulled or renewed within ``lease_s / 3 + 5`` s (it pulls at
+        least every second when idle and renews every ``lease_s / 3`` while consuming)."""
+        window = self.cfg.lease_s / 3 + 5.0
+        return {
+            "incarnation": self.incarnation,
+            "media_workers": len(self.worker_names),
+            "media_workers_alive": media_alive,
+            "gpu_workers": self.cfg.gpu_workers,
+            "gpu_workers_alive": sum(1 for t in self.last_contact.values() if now - t <= window),
+            "inflight": len(self.inflight),
+            "max_inflight_requests": self.cfg.max_inflight_requests,
+            "waiters": waiters,
+        }
 
     def stats(self) -> dict[str, Any]:
         return {

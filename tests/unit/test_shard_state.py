@@ -242,3 +242,36 @@ def test_stats_count_what_is_held() -> None:
     stats = state.stats()
     assert stats["inflight"] == 1 and stats["held_feature_refs"] == 1 and stats["held_feature_lists"] == 1
     assert stats["incarnation"] == 7 and stats["media_calls"] == 1
+
+
+def test_worker_deaths_resend_until_an_item_reaches_its_limit() -> None:
+    from ray_mm.errors import InternalError
+    from ray_mm.pool import CrashCounts
+
+    state = _state()
+    crashes = CrashCounts(2)
+    labels = ["image 0 of request a", "image 1 of request a"]
+    state.worker_died("a", labels, [0, 1], crashes)  # first death: both go again, each alone
+    assert crashes.suspect(0) and crashes.suspect(1) and state.counters["redispatched_items"] == 2
+    with pytest.raises(InternalError, match="image 1 of request a: the media worker died processing this item \\(2 times\\)"):
+        state.worker_died("a", labels, [1], crashes)
+    assert state.counters["crash_looping_items"] == 1 and state.counters["redispatched_items"] == 2
+
+
+def test_a_freed_slot_skips_waiters_that_gave_up() -> None:
+    state = _state(max_inflight_requests=1, max_feature_requests=1)
+    assert state.slots.limit == 1 and state.slots.acquire("holder")
+    for waiter in ("gone", "waiting", "later"):
+        assert not state.slots.acquire(waiter)
+    assert state.next_slot_holder(gave_up=lambda w: w == "gone") == "waiting"
+    assert state.next_slot_holder(gave_up=lambda w: False) == "later"
+    assert state.next_slot_holder(gave_up=lambda w: False) is None and state.slots.used == 0
+
+
+def test_health_counts_gpu_workers_heard_from_within_the_window() -> None:
+    state = _state(lease_s=30.0, gpu_workers=3)  # window: 30 / 3 + 5 = 15 s
+    state.renew("gpu0", [], now=100.0)
+    state.last_contact["gpu1"] = 84.0
+    health = state.health(now=110.0, media_alive=1, waiters=4)
+    assert health["gpu_workers_alive"] == 1 and health["gpu_workers"] == 3
+    assert health["media_workers"] == 2 and health["media_workers_alive"] == 1 and health["waiters"] == 4
