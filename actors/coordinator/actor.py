@@ -139,11 +139,10 @@ class Coordinator(MediaCalls, Leases, Online):
     # -- the one record -----------------------------------------------------------------
     async def _finish(self, rid: str, record: dict[str, Any]) -> None:
         """Write the one result of ``rid`` and free everything it holds; a second finish is ignored."""
-        entry = self.state.inflight.get(rid)
         freed = self.state.finish(rid, record, time.monotonic())
-        if entry is None or freed is None:
+        if freed is None:
             return
-        self._act_on_freed(entry, freed)
+        self._act_on_freed(freed)
         metrics.request_done(bool(record.get("ok")))
         for stage, seconds in record.get("timings", {}).items():
             metrics.stage_seconds(stage.removesuffix("_s"), seconds)
@@ -158,9 +157,10 @@ class Coordinator(MediaCalls, Leases, Online):
         async with self.results_changed:
             self.results_changed.notify_all()
 
-    def _act_on_freed(self, entry: InflightRequest, freed: Freed) -> None:
-        if entry.task is not None and not entry.task.done() and entry.task is not asyncio.current_task():
-            entry.task.cancel()
+    def _act_on_freed(self, freed: Freed) -> None:
+        task = freed.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
         for call_id in freed.calls_to_cancel:  # media calls that only this request still wanted
             ref = self.call_refs.get(call_id)
             if ref is not None:

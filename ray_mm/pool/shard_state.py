@@ -36,6 +36,7 @@ class Freed:
     calls_to_cancel: list[int]  # media calls in flight that only it still wanted
     left_ready_queue: bool  # it was queued: waiting pulls and enqueuers should look again
     slot: bool  # it held a feature slot: hand it to the next waiter
+    task: Any = None  # the actor's task that ran the request (cancelled unless it is the caller)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class ShardState:
         entry.prepared = None
         self.leases.drop(rid)
         slot, entry.has_slot = entry.has_slot, False
-        return Freed(calls, self.ready.remove(rid), slot)
+        return Freed(calls, self.ready.remove(rid), slot, entry.task)
 
     def next_slot_holder(self, gave_up: Callable[[Any], bool]) -> Any:
         """Free a feature slot: the oldest waiter that has not ``gave_up`` gets it (returned), or None."""
