@@ -70,6 +70,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{'target':<40}{'target':>9}{'measured':>10}  met")
     for name, t in result["targets"].items():
         how = ", ".join(f"{k} {t[k]}" for k in ("transport", "form") if k in t)
+        if "k1_bound_by" in t:  # coordinator shards: what bounded the K=1 run (its CPU accounting)
+            how = (f"K=1 bound by {t['k1_bound_by']}: coordinator busy {t['k1_coordinator_busy_share']:.0%} of the wall, "
+                   f"cores busy {t['k1_cores_busy']}")
         lines.append(f"{name:<40}{t['target']:>9g}{t['measured']:>10.3f}  {'yes' if t['met'] else 'NOT MET'}"
                      + (f"  ({how})" if how else ""))
     if "scale_model" in result:

@@ -65,12 +65,38 @@ def accounted_run(pool: Any, lines: list[tuple[str, Any]], idle_s: float) -> dic
     }
 
 
+#: A coordinator busy this share of the wall time or more is taken as what bounds the run (its
+#: event-loop thread is then rarely free; Ray's own threads take the rest of its process CPU).
+COORDINATOR_BOUND_SHARE = 0.7
+#: Otherwise, the process tree using this share of the machine's cores or more means the cores bound it.
+CORES_BOUND_SHARE = 0.75
+
+
+def what_bounds(run: dict[str, Any]) -> dict[str, Any]:
+    """What limited one accounted run: ``"coordinator"`` when its busiest coordinator was busy at
+    least :data:`COORDINATOR_BOUND_SHARE` of the wall time, else ``"cores"`` when the process tree
+    used at least :data:`CORES_BOUND_SHARE` of the cores, else ``"neither"`` (the pipeline's own
+    waits). Only a K=1 run bound by its coordinator can show what a second one adds."""
+    busy = [s["busy_share_of_wall"] for s in run["shards"] if isinstance(s.get("busy_share_of_wall"), (int, float))]
+    share = max(busy) if busy else float("nan")
+    cores = run.get("cores") or 0
+    if share >= COORDINATOR_BOUND_SHARE:
+        limit = "coordinator"
+    elif cores and run["cores_busy"] >= CORES_BOUND_SHARE * cores:
+        limit = "cores"
+    else:
+        limit = "neither"
+    return {"limit": limit, "coordinator_busy_share": share, "cores_busy": run["cores_busy"], "cores": cores}
+
+
 def summarize(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    """K=1 against K=2 from the best run (req/s) of each K, with each coordinator's CPU and capacity."""
+    """K=1 against K=2 from the best run (req/s) of each K, with each coordinator's CPU and capacity
+    and what bounded each (:func:`what_bounds`)."""
     best = {k: max(rs, key=lambda r: r["req_per_s"]) for k, rs in runs.items() if rs}
     out: dict[str, Any] = {f"k{k}_req_per_s": r["req_per_s"] for k, r in best.items()}
     if 1 in best and 2 in best:
         out["k2_over_k1"] = round(best[2]["req_per_s"] / best[1]["req_per_s"], 3)
+    out["bound_by"] = {f"k{k}": what_bounds(r) for k, r in best.items()}
     out.update({
         "per_coordinator_cpu_ms_per_request": {f"k{k}": [s["busy_cpu_ms_per_request"] for s in r["shards"]] for k, r in best.items()},
         "capacity_per_coordinator_req_per_s": {f"k{k}": [s["capacity_req_per_s"] for s in r["shards"]] for k, r in best.items()},

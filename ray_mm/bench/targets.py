@@ -123,5 +123,11 @@ def compute_targets(result: dict[str, Any]) -> dict[str, Any]:
             5.0, micro["align_fast_vs_legacy_32k_structured"], unit="x (Qwen3-VL timestamped videos, MiniCPM-V sliced images)")
     shards = result.get("scaling", {}).get("coordinator_shards", {})
     if "k2_over_k1" in shards:
-        out["coordinator_shards_k2_over_k1"] = target(1.5, shards["k2_over_k1"], unit="x req/s, K=2 against K=1 (coordinator-bound)")
+        # The workload is meant to bind the coordinator; whether it did is measured, not assumed (the
+        # K=1 run's CPU accounting), so a core-bound run says so beside its figure.
+        k1 = shards.get("bound_by", {}).get("k1", {})
+        out["coordinator_shards_k2_over_k1"] = target(
+            1.5, shards["k2_over_k1"], unit="x req/s, K=2 against K=1 (tiny images, cache on, noop consumer)",
+            **({"k1_bound_by": k1["limit"], "k1_coordinator_busy_share": k1["coordinator_busy_share"],
+                "k1_cores_busy": f"{k1['cores_busy']:g} of {k1['cores']}"} if k1 else {}))
     return out

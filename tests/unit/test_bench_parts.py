@@ -101,3 +101,34 @@ def test_ray_data_arena_with_no_arena_outputs_goes_back_at_once() -> None:
     arena = pool.acquire()
     _release_when_gone(pool, arena, [np.zeros((2, 2), np.float32)])
     assert pool.acquire() is arena
+
+
+def _shard_run(req_per_s: float, cores_busy: float, shares: list[float]) -> dict:
+    return {"req_per_s": req_per_s, "cores_busy": cores_busy, "cores": 2,
+            "shards": [{"busy_share_of_wall": s, "busy_cpu_ms_per_request": 2.0, "capacity_req_per_s": 500.0} for s in shares]}
+
+
+def test_shard_summary_says_what_bounded_each_k_and_the_target_carries_it() -> None:
+    from ray_mm.bench.report import format_table
+    from ray_mm.bench.shards import summarize, what_bounds
+
+    assert what_bounds(_shard_run(100.0, 1.0, [0.85]))["limit"] == "coordinator"
+    assert what_bounds(_shard_run(100.0, 1.6, [0.16]))["limit"] == "cores"
+    assert what_bounds(_shard_run(100.0, 0.9, [0.2]))["limit"] == "neither"
+    summary = summarize({1: [_shard_run(69.0, 1.61, [0.158])], 2: [_shard_run(64.5, 1.58, [0.09, 0.08])]})
+    assert summary["k2_over_k1"] == pytest.approx(64.5 / 69.0, abs=1e-3)
+    assert summary["bound_by"]["k1"]["limit"] == "cores"
+    assert summary["bound_by"]["k2"]["coordinator_busy_share"] == pytest.approx(0.09)
+
+    pipes = {**_pipes(0.03, 0.02, 18.0, 19.0), "sglang_style": {"requests_per_s": 12.0, "p50_ms": 1.0},
+             "ray_data": {"requests_per_s": 9.0, "p50_ms": 2.0}, "pool_1worker": {"requests_per_s": 9.0}}
+    pipes["pool"]["p50_ms"] = 1.0
+    micro = {"image_1080p_per_core_per_s": {"ray_mm": 60.0, "hf_pil": 15.0, "hf_fast": 20.0},
+             "video_clips_per_core_per_s": 10.0, "align_fast_vs_legacy_32k": 8.0,
+             "video_detail": {"clips_per_s": 10.0, "naive_clips_per_s": 5.0}}
+    result = {"pipelines": pipes, "micro": micro, "scaling": {"coordinator_shards": summary}}
+    t = compute_targets(result)["coordinator_shards_k2_over_k1"]
+    assert (t["met"], t["k1_bound_by"], t["k1_cores_busy"]) == (False, "cores", "1.61 of 2")
+    printed = format_table({"pipelines": {}, "micro": micro, "targets": {"coordinator_shards_k2_over_k1": t}})
+    line = next(ln for ln in printed.splitlines() if ln.startswith("coordinator_shards_k2_over_k1"))
+    assert "K=1 bound by cores: coordinator busy 16% of the wall" in line
