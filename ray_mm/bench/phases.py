@@ -209,7 +209,7 @@ def run_pipelines(work: Path, quick: bool, n_image: int, n_video: int, n_audio: 
                         clock.phase("paced_ray_data_stream", "paced: ray_data, one warm streaming dataset fed at arrivals ...")
                         pp["ray_data_stream"] = guarded(lambda: paced_ray_data_stream(vision, DEFAULT_CPU_RESOURCE, plan), log)
                 if tiny is not None:
-                    clock.phase("coordinator_shards", "coordinator shards (K=1, K=2; coordinator-bound workload) ...")
+                    clock.phase("coordinator_shards", "coordinator shards (K=1, K=2; tiny images, cache on) ...")
                     out["coordinator_shards"] = guarded(
                         lambda: coordinator_shards(tiny, warm=4 if quick else 8, idle_s=0.5 if quick else 1.0), log)
             finally:

@@ -141,8 +141,9 @@ def paced_pool(pool: Any, plan: PacedPlan, workers: int) -> dict[str, Any]:
 def coordinator_shards(w: Workload, shards: tuple[int, ...] = (1, 2), workers: int = 2, warm: int = 8,
                        idle_s: float = 1.0) -> dict[str, Any]:
     """``scaling.coordinator_shards``: the pool's req/s with ``PoolConfig(coordinators=k)`` on a
-    coordinator-bound workload (``w``: tiny images, feature cache on, noop consumer), K=1 against K=2,
-    with each coordinator's CPU per request and capacity at that rate (:mod:`ray_mm.bench.shards`).
+    workload meant to bind the coordinator (``w``: tiny images, feature cache on, noop consumer), K=1
+    against K=2, with each coordinator's CPU per request and capacity at that rate, and what bounded
+    each run (:func:`ray_mm.bench.shards.what_bounds`: on 2 cores, not the coordinator).
 
     Runs only where ``PoolConfig`` has a ``coordinators`` field; otherwise it says so and measures
     nothing. The CPU split (driver, Ray workers, daemons) is kept per K, so that on 2 cores one can
