@@ -79,15 +79,19 @@ def needed(inputs: ScaleInputs, n_cpu_nodes: int) -> dict[str, int | None]:
 
 def scale_model(result: dict[str, Any], nodes: tuple[int, ...] = (1, 4, 16, 64), **shape: Any) -> dict[str, Any]:
     """The model from a bench result: inputs from the default (uint8) pool where it ran, the coordinator
-    from the shard phase's saturated K=1 coordinator (else the float32 pool's 4-image phase, and it says
-    so), and the projections."""
+    from the shard phase's K=1 closed loop (else the float32 pool's 4-image phase, and it says so), and
+    the projections."""
     p = result.get("pipelines", {})
     pool = p.get("pool_uint8") if "requests_per_s" in p.get("pool_uint8", {}) else p.get("pool", {})
     items_per_request = pool.get("items", 0) / pool["requests"] if pool.get("requests") else math.nan
     at_bench_rate = p.get("pool", {}).get("coordinator_4img_cpu_ms_per_request", math.nan)
-    saturated = result.get("scaling", {}).get("coordinator_shards", {}).get("per_coordinator_cpu_ms_per_request", {}).get("k1")
+    shards = result.get("scaling", {}).get("coordinator_shards", {})
+    saturated = shards.get("per_coordinator_cpu_ms_per_request", {}).get("k1")
     if saturated and isinstance(saturated[0], (int, float)) and math.isfinite(saturated[0]) and saturated[0] > 0:
-        coordinator, source = float(saturated[0]), "shard phase, K=1, closed loop on tiny images (saturated)"
+        # Closed loop saturates the pool, not necessarily its coordinator: say how busy it was.
+        busy = shards.get("bound_by", {}).get("k1", {}).get("coordinator_busy_share")
+        how = f"; its coordinator busy {busy:.0%} of the wall" if isinstance(busy, (int, float)) and math.isfinite(busy) else ""
+        coordinator, source = float(saturated[0]), f"shard phase, K=1, closed loop on tiny images (the pool saturated{how})"
     else:
         coordinator, source = at_bench_rate, "float32 pool, 4-image requests at this machine's rate (no shard figure)"
     inputs = ScaleInputs(

@@ -48,10 +48,13 @@ def test_scale_model_reads_a_bench_result() -> None:
     assert model["inputs"]["coordinator_from"].startswith("float32 pool")  # no shard phase in this result
     text = "\n".join(format_scale_model(model))
     assert "| 4 | 640 | 500 | 1000 | 2000 | 500 | coordinator | 2, 1 |" in text
-    # With a shard phase, its saturated K=1 coordinator sets the ceiling; the bench-rate figure stays beside it.
+    # With a shard phase, its closed-loop K=1 coordinator sets the ceiling; the bench-rate figure stays beside it.
     result["scaling"] = {"coordinator_shards": {"per_coordinator_cpu_ms_per_request": {"k1": [0.8], "k2": [1.0, 1.1]}}}
     model = scale_model(result, nodes=(4,))
     assert model["inputs"]["coordinator_ms_per_request"] == 0.8 and "saturated" in model["inputs"]["coordinator_from"]
     assert model["projections"][0]["ceilings"]["coordinator"] == 1250.0 and model["projections"][0]["first_ceiling"] == "media"
     assert model["inputs"]["coordinator_4img_ms_at_bench_rate"] == 2.0
     assert "(a ceiling of 500 req/s at that load)" in "\n".join(format_scale_model(model))
+    # Closed loop saturates the pool; how busy its coordinator was is measured and said, not implied.
+    result["scaling"]["coordinator_shards"]["bound_by"] = {"k1": {"limit": "neither", "coordinator_busy_share": 0.15}}
+    assert scale_model(result, nodes=(4,))["inputs"]["coordinator_from"].endswith("its coordinator busy 15% of the wall)")
