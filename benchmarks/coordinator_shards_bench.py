@@ -1,4 +1,4 @@
-"""Coordinator shards: requests/s with K=1 and K=2 coordinators on a coordinator-bound workload,
+"""Coordinator shards: requests/s with K=1 and K=2 coordinators on a workload meant to bind the coordinator,
 in one run, with the CPU accounting that says what limits it (not a timed test).
 
 Workload: 4 tiny images per request (48x40 JPEGs as ``data:`` URIs, 8 distinct, so the media
